@@ -1,0 +1,271 @@
+"""The `archiver` command: a thin layer that wires settings to the modules that do the work.
+
+This is the only module that prints or exits: errors become one line on stderr and an exit code
+(2 for settings and usage, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+
+from archiver import __version__, migrate, reports
+from archiver.config import Settings, load_settings
+from archiver.errors import ArchiverError, ConfigError
+from archiver.logs import configure_logging
+from archiver.render import table
+from archiver.store import make_engine
+from archiver.sync import CycleResult, sync_accounts
+
+
+@dataclass
+class App:
+    """What every command shares: the config file, and the settings once read."""
+
+    config_file: Path | None
+    _settings: Settings | None = field(default=None, repr=False)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+            configure_logging(self._settings.log_level, self._settings.log_format, self._settings.secret_values())
+        return self._settings
+
+    def engine(self) -> Engine:
+        return make_engine(self.settings().database_url.get_secret_value())
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="ARCHIVER_CONFIG",
+    help="TOML file with settings (environment variables win over it).",
+)
+@click.version_option(__version__, prog_name="archiver")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Archive Cloudflare Browser Rendering DevTools sessions into a SQL database."""
+    ctx.obj = App(config)
+
+
+@cli.command()
+@click.option("--auto-migrate", is_flag=True, help="Migrate the database to the current schema first.")
+@pass_app
+def sync(app: App, auto_migrate: bool) -> int:
+    """Run one poll cycle for every configured account; exit 1 if any account failed."""
+    settings = app.settings()
+    settings.credentials(), settings.accounts()  # fail fast, before touching the database
+    engine = app.engine()
+    _ensure_schema(engine, auto_migrate)
+    results = asyncio.run(sync_accounts(settings, engine))
+    for result in results:
+        click.echo(_describe_cycle(result))
+    return 1 if any(r.failed for r in results) else 0
+
+
+@cli.command()
+@click.option("--auto-migrate", is_flag=True, help="Migrate the database to the current schema first.")
+@pass_app
+def run(app: App, auto_migrate: bool) -> int:
+    """Poll every account on a schedule until SIGTERM or SIGINT (a second one stops at once)."""
+    from archiver.service import Service
+
+    settings = app.settings()
+    settings.credentials(), settings.accounts()
+    engine = app.engine()
+    _ensure_schema(engine, auto_migrate)
+    return asyncio.run(Service(settings, engine).run())
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_app
+def db_upgrade(app: App, revision: str) -> int:
+    """Migrate the database to the latest schema (or to --revision)."""
+    engine = app.engine()
+    migrate.upgrade(engine, revision)
+    click.echo(f"database at revision {migrate.current_revision(engine)}")
+    return 0
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_app
+def db_downgrade(app: App, revision: str) -> int:
+    """Migrate the database down to REVISION ('base' removes every archiver table)."""
+    engine = app.engine()
+    migrate.downgrade(engine, revision)
+    click.echo(f"database at revision {migrate.current_revision(engine) or 'base'}")
+    return 0
+
+
+@db.command("current")
+@pass_app
+def db_current(app: App) -> int:
+    """Show the database's schema revision and this version's latest."""
+    current = migrate.current_revision(app.engine())
+    click.echo(f"current: {current or 'none'}\nlatest:  {migrate.head_revision()}")
+    return 0
+
+
+@cli.command()
+@pass_app
+def status(app: App) -> int:
+    """Show the last cycle of every account and the archived sessions by status."""
+    engine = app.engine()
+    migrate.require_current(engine)
+    with engine.connect() as conn:
+        runs = reports.last_runs(conn)
+        counts = reports.sessions_by_status(conn)
+    click.echo("Last cycle per account")
+    click.echo(
+        table(
+            ["account", "run", "finished (UTC)", "outcome", "complete", "listed", "requests", "error"],
+            [
+                (r["account_id"], r["id"], r["finished_at"], r["outcome"], r["listing_complete"], r["listed"],
+                 r["api_requests"], (r["error"] or "")[:60])
+                for r in runs
+            ],
+        )
+    )
+    click.echo("\nSessions by status")
+    click.echo(table(["account", "status", "sessions"], counts))
+    return 0
+
+
+@cli.command()
+@click.option("--port", type=int, default=8787, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--accounts", type=int, default=1, show_default=True, help="How many accounts to emulate.")
+@click.option("--sessions", type=int, default=20, show_default=True, help="Active sessions at start, per account.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same world.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--spawn-per-minute", type=float, default=30.0, show_default=True, help="New sessions per simulated minute.")
+@click.option("--mean-lifetime", type=float, default=60.0, show_default=True, help="Mean session lifetime, simulated seconds.")
+@click.option("--retention", type=float, default=300.0, show_default=True, help="Seconds a closed session stays retrievable.")
+@click.option("--close-reason-style", type=click.Choice(["string", "number", "mixed"]), default="mixed", show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, help="Fault: latency added to every response.")
+@click.option("--error-rate", type=float, default=0.0, help="Fault: share of requests answered 429/500/503.")
+@click.option("--timeout-rate", type=float, default=0.0, help="Fault: share of requests that hang past a client timeout.")
+@click.option("--malformed-rate", type=float, default=0.0, help="Fault: share of bodies that are truncated JSON.")
+@click.option("--odd-fields-rate", type=float, default=0.0, help="Fault: share of items with missing, extra or mistyped fields.")
+@click.option("--drift", is_flag=True, help="Fault: close a session on an earlier page between page requests.")
+@click.option("--envelope", is_flag=True, help="Wrap bodies in the v4 {success, result} envelope.")
+@click.option("--enforce-rate-limit", is_flag=True, help="Answer 429 past 1200 requests per 5 minutes per token.")
+def emulator(port: int, accounts: int, sessions: int, seed: int, speed: float, spawn_per_minute: float,
+             mean_lifetime: float, retention: float, close_reason_style: str, **faults: object) -> int:
+    """Serve a Cloudflare-compatible fake of the session endpoints on 127.0.0.1."""
+    from archiver.emulator import Emulator, Faults, serve_forever
+
+    emu = Emulator(
+        accounts=accounts, initial_sessions=sessions, seed=seed, speed=speed, spawn_per_minute=spawn_per_minute,
+        mean_lifetime_s=mean_lifetime, retention_s=retention, close_reason_style=close_reason_style,
+        faults=Faults(**faults),
+    )
+
+    def announce(base_url: str) -> None:
+        click.echo(f"Cloudflare emulator listening on {base_url}")
+        click.echo("Point the archiver at it with:")
+        click.echo(f"  export CLOUDFLARE_BASE_URL={base_url}")
+        click.echo(f"  export CLOUDFLARE_API_TOKEN={emu.token}")
+        click.echo(f"  export CLOUDFLARE_ACCOUNT_ID={','.join(emu.account_ids)}")
+        click.echo("Ground truth: GET /__emulator/truth   Stop: Ctrl-C")
+
+    serve_forever(emu, port, on_ready=announce)
+    return 0
+
+
+DEMO_DATABASE = "sqlite:///archiver-demo.db"
+
+
+@cli.command()
+@click.option("--cycles", type=click.IntRange(1, 100), default=8, show_default=True, help="Poll cycles to run.")
+@click.option("--interval", type=click.FloatRange(0, 60), default=2.0, show_default=True, help="Seconds between cycles.")
+@click.option("--database", default=DEMO_DATABASE, show_default=True, help="SQLAlchemy URL (the default file is recreated).")
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(cycles: int, interval: float, database: str, seed: int) -> int:
+    """Archive an emulated account for a few cycles and show what was kept. Needs no settings."""
+    from archiver.demo import run_demo
+
+    configure_logging("WARNING")
+    if database == DEMO_DATABASE:
+        Path("archiver-demo.db").unlink(missing_ok=True)
+    click.echo(f"Archiving an emulated Cloudflare account into {database} ({cycles} cycles, {interval:g}s apart)")
+
+    def progress(number: int, results: list[CycleResult]) -> None:
+        for result in results:
+            click.echo(f"cycle {number}: {_describe_cycle(result)}")
+
+    summary = asyncio.run(run_demo(database, cycles=cycles, interval=interval, seed=seed, on_cycle=progress))
+    click.echo("\nSessions by status")
+    click.echo(table(["account", "status", "sessions"], summary.by_status))
+    click.echo("\nClose reasons")
+    click.echo(table(["reason", "text", "sessions"], summary.reasons))
+    click.echo("\nRecently closed")
+    click.echo(
+        table(
+            ["session", "start (UTC)", "end (UTC)", "reason", "text"],
+            [(r["session_id"], r["start_time"], r["end_time"], r["close_reason"], r["close_reason_text"])
+             for r in summary.recent],
+        )
+    )
+    click.echo(
+        f"\nThe emulator had {summary.emulator_sessions} sessions ({summary.emulator_closed} closed). The archive "
+        f"holds {summary.archived}, {summary.archived_closed_with_reason} of them closed with a recorded reason.\n"
+        f"Of the {summary.alive_while_polling} sessions alive while it polled, it missed {summary.missed}, each living "
+        f"at most {summary.longest_missed_s:.1f} simulated seconds, between two polls (up to {summary.widest_poll_gap_s:.1f}s apart)."
+    )
+    if database == DEMO_DATABASE:
+        click.echo("Query it yourself: sqlite3 archiver-demo.db 'select * from browser_sessions limit 5'")
+    return 0
+
+
+def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
+    if auto_migrate:
+        migrate.upgrade(engine)
+    else:
+        migrate.require_current(engine)
+
+
+def _describe_cycle(result: CycleResult) -> str:
+    c = result.counts
+    line = (
+        f"{result.account_id}: {result.outcome} (run {result.run_id}) listed {c.get('listed', 0)}, "
+        f"new {c.get('new', 0)}, changed {c.get('changed', 0)}, vanished {c.get('vanished', 0)}, "
+        f"details {c.get('details_fetched', 0)}, gone {c.get('details_gone', 0)}, "
+        f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
+    )
+    return f"{line}\n  error: {result.error}" if result.error else line
+
+
+def main() -> None:
+    """Entry point of the `archiver` console script."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ArchiverError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+

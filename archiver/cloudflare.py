@@ -1,0 +1,314 @@
+"""The Cloudflare API client: auth, paging, retries, rate limiting, error mapping. No SQL here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from archiver.config import Credentials, Settings
+from archiver.errors import AuthError, FatalError, RetriableError
+from archiver.ratelimit import RateLimiter, TokenBucket
+from archiver.records import UUID_PATTERN, redact_text
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 200
+# Consecutive pages overlap by this many items: if the list shifts left between two requests
+# (sessions closing on earlier pages) by fewer items than that, the overlap still ties the pages
+# together; if it shifted further, the listing is flagged incomplete rather than silently
+# skipping sessions.
+PAGE_OVERLAP = 10
+MAX_BODY_BYTES = 16 * 1024 * 1024
+BACKOFF_BASE_SECONDS = 0.5
+ACCOUNT_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+JSON_NAMES: dict[type, str] = {list: "array", dict: "object", str: "string", type(None): "null", bool: "boolean"}
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+
+
+@dataclass
+class RequestStats:
+    """What one poll cycle cost in API terms; written to the ledger."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+    def count(self, status: int) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+class UpstreamError(RetriableError):
+    """Cloudflare failed in a way that may pass (5xx, 429, timeouts, garbled bodies)."""
+
+
+@dataclass
+class Listing:
+    """The pages of one account's session list. ``complete`` is set once every page succeeded."""
+
+    client: CloudflareClient
+    account_id: str
+    stats: RequestStats
+    page_size: int = PAGE_SIZE
+    pages: int = 0
+    complete: bool = False
+    problem: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[list[Any]]:
+        offset = 0
+        previous_ids: set[Any] = set()
+        while True:
+            items = await self.client.get_json(
+                f"/accounts/{self.account_id}/browser-rendering/devtools/session",
+                {"limit": self.page_size, "offset": offset},
+                self.stats,
+                expect=list,
+            )
+            self.pages += 1
+            ids = {item.get("sessionId") for item in items if isinstance(item, dict)}
+            if offset and not ids & previous_ids:
+                self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
+            if len(items) > self.page_size:
+                # A server that ignores limit/offset would otherwise be paged forever.
+                self.problem = f"the server returned {len(items)} items for limit {self.page_size}"
+            yield items
+            if len(items) < self.page_size or self.problem:
+                break
+            previous_ids = ids
+            offset += len(items) - PAGE_OVERLAP
+        self.complete = self.problem is None
+
+
+class AccountAPI:
+    """The two session endpoints of one account, with per-cycle request accounting."""
+
+    def __init__(self, client: CloudflareClient, account_id: str, stats: RequestStats) -> None:
+        if not ACCOUNT_PATTERN.fullmatch(account_id):
+            raise FatalError(f"invalid account id {account_id!r}")
+        self.client = client
+        self.account_id = account_id
+        self.stats = stats
+
+    async def probe(self) -> None:
+        """One cheap request (a one-item page) that proves the credentials reach the account."""
+        await self.client.get_json(
+            f"/accounts/{self.account_id}/browser-rendering/devtools/session", {"limit": 1, "offset": 0}, self.stats, expect=list
+        )
+
+    def listing(self) -> Listing:
+        """A fresh pass over the account's active sessions."""
+        return Listing(self.client, self.account_id, self.stats)
+
+    async def get_session(self, session_id: str) -> Any | None:
+        """One session's details, or None if Cloudflare no longer knows it (404 or null)."""
+        if not UUID_PATTERN.fullmatch(session_id):
+            raise FatalError(f"invalid session id {session_id!r}")
+        path = f"/accounts/{self.account_id}/browser-rendering/devtools/session/{session_id}"
+        return await self.client.get_json(path, None, self.stats, missing_ok=True)
+
+
+class CloudflareClient:
+    """An httpx client for one set of credentials, shared by every account they reach."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        rate_limit: float = 3.0,
+        timeout: float = 10.0,
+        max_retries: int = 4,
+        max_retry_wait: float = 60.0,
+        max_connections: int = 16,
+        budget: TokenBucket | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limiter = RateLimiter(rate_limit)
+        self.budget = budget
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self._random = random.Random()
+        self._secrets = credentials.secrets()
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={**credentials.headers(), "Accept": "application/json", "User-Agent": "browser-session-archiver"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def account(self, account_id: str, stats: RequestStats) -> AccountAPI:
+        """The API of one account, counting requests into ``stats``."""
+        return AccountAPI(self, account_id, stats)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> CloudflareClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def get_json(
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        stats: RequestStats,
+        *,
+        missing_ok: bool = False,
+        expect: type | None = None,
+    ) -> Any:
+        """GET a path and decode its JSON body, retrying what may pass; None for a 404 if allowed.
+
+        ``expect`` is the JSON type a 200 must have; anything else counts as a garbled answer.
+        """
+        attempt = 0
+        while True:
+            if self.budget is not None:
+                stats.waited_seconds += await self.budget.acquire()
+            stats.waited_seconds += await self.limiter.acquire()
+            try:
+                return await self._get_once(path, params, stats, missing_ok, expect)
+            except UpstreamError as exc:
+                if attempt >= self.max_retries:
+                    raise
+                delay = self._retry_delay(attempt, exc)
+                attempt += 1
+                stats.retries += 1
+                log.debug("retrying %s in %.2fs: %s", path, delay, exc)
+                if isinstance(exc, ThrottledError):
+                    # A 429 blocks the whole token: hold back every caller, not just this one.
+                    self.limiter.hold_off(delay)
+                else:
+                    await asyncio.sleep(delay)
+                    stats.waited_seconds += delay
+
+    async def _get_once(
+        self, path: str, params: dict[str, Any] | None, stats: RequestStats, missing_ok: bool, expect: type | None
+    ) -> Any:
+        stats.requests += 1
+        try:
+            async with self._http.stream("GET", path, params=params) as response:
+                body = await _read_capped(response)
+        except httpx.TransportError as exc:
+            stats.count(0)
+            raise UpstreamError(f"{type(exc).__name__} talking to Cloudflare") from exc
+        stats.count(response.status_code)
+        if response.status_code == 200:
+            data = self._decode(body)
+            if expect is not None and not isinstance(data, expect):
+                raise UpstreamError(f"expected a JSON {JSON_NAMES[expect]} from Cloudflare, got {_json_name(data)}")
+            return data
+        if response.status_code == 404 and missing_ok:
+            return None
+        raise self._error_for(response, body, stats)
+
+    def _retry_delay(self, attempt: int, exc: UpstreamError) -> float:
+        """Exponential backoff with jitter; a Retry-After is honoured but never below the backoff
+        (a 0 would burn every retry at once) and never above max_retry_wait."""
+        backoff = BACKOFF_BASE_SECONDS * (2**attempt) * (0.5 + self._random.random() / 2)
+        retry_after = getattr(exc, "retry_after", None)
+        delay = max(backoff, retry_after) if retry_after is not None else backoff
+        return min(delay, self.max_retry_wait)
+
+    def _decode(self, body: bytes) -> Any:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            snippet = self._clean(body[:120].decode("utf-8", "replace"))
+            raise UpstreamError(f"malformed JSON from Cloudflare: {snippet!r}") from exc
+        # The API answers bare bodies; tolerate the v4 envelope some proxies and versions add.
+        if isinstance(data, dict) and "result" in data and "sessionId" not in data:
+            if data.get("success") is False:
+                raise UpstreamError(f"Cloudflare reported failure: {self._clean(_envelope_message(data))}")
+            return data["result"]
+        return data
+
+    def _error_for(self, response: httpx.Response, body: bytes, stats: RequestStats) -> Exception:
+        status = response.status_code
+        try:
+            message = _envelope_message(json.loads(body))
+        except (ValueError, RecursionError):
+            message = body[:120].decode("utf-8", "replace") or response.reason_phrase
+        message = self._clean(message)
+        text = f"HTTP {status} from Cloudflare: {message}"
+        if status == 429:
+            stats.throttled += 1
+            return ThrottledError(text, _retry_after(response))
+        if status in RETRY_STATUSES or status >= 500:
+            return UpstreamError(text)
+        if status in (401, 403):
+            return AuthError(f"Cloudflare refused the credentials ({text})")
+        return FatalError(text)
+
+    def _clean(self, text: str) -> str:
+        """Upstream text made safe for messages: a proxy may echo our own credentials back."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return redact_text(text)
+
+
+class ThrottledError(UpstreamError):
+    """HTTP 429: Cloudflare asks us to slow down."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _envelope_message(data: Any) -> str:
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if isinstance(errors, list) and errors:
+        parts = [
+            f"code {e.get('code')}: {e.get('message')}" if isinstance(e, dict) else str(e) for e in errors[:3]
+        ]
+        return redact_text("; ".join(parts))
+    return "no error details"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if seconds is not None else None
+
+
+def client_from_settings(settings: Settings, **overrides: Any) -> CloudflareClient:
+    """A client configured from the archiver's settings."""
+    options: dict[str, Any] = {
+        "rate_limit": settings.rate_limit,
+        "timeout": settings.http_timeout_seconds,
+        "max_retries": settings.max_retries,
+        "max_retry_wait": settings.max_retry_wait_seconds,
+        "max_connections": max(settings.detail_concurrency, 4),
+    }
+    options.update(overrides)
+    return CloudflareClient(settings.base_url, settings.credentials(), **options)
+
+
+def _json_name(value: Any) -> str:
+    return JSON_NAMES.get(type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)

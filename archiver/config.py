@@ -1,0 +1,246 @@
+"""Settings: read once from environment variables and an optional TOML file, validated at start.
+
+Environment variables win over the file. Every setting has a TOML key: the variable's name in
+lower case without its ``CLOUDFLARE_`` or ``ARCHIVER_`` prefix (``ARCHIVER_DATABASE_URL`` ->
+``database_url``). Nothing is read at import time: callers build a :class:`Settings` and pass it on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from archiver.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+ACCOUNT_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+# Field name -> environment variable. The TOML key is the field name (account_ids: account_id).
+ENV_NAMES: dict[str, str] = {
+    "api_token": "CLOUDFLARE_API_TOKEN",
+    "email": "CLOUDFLARE_EMAIL",
+    "api_key": "CLOUDFLARE_API_KEY",
+    "account_ids": "CLOUDFLARE_ACCOUNT_ID",
+    "base_url": "CLOUDFLARE_BASE_URL",
+    "database_url": "ARCHIVER_DATABASE_URL",
+    "interval_seconds": "ARCHIVER_INTERVAL_SECONDS",
+    "min_interval_seconds": "ARCHIVER_MIN_INTERVAL_SECONDS",
+    "shutdown_grace_seconds": "ARCHIVER_SHUTDOWN_GRACE_SECONDS",
+    "upstream_limit_requests": "ARCHIVER_UPSTREAM_LIMIT_REQUESTS",
+    "upstream_limit_window_seconds": "ARCHIVER_UPSTREAM_LIMIT_WINDOW_SECONDS",
+    "detail_policy": "ARCHIVER_DETAIL_POLICY",
+    "detail_budget": "ARCHIVER_DETAIL_BUDGET",
+    "detail_concurrency": "ARCHIVER_DETAIL_CONCURRENCY",
+    "rate_limit": "ARCHIVER_RATE_LIMIT",
+    "rate_budget": "ARCHIVER_RATE_BUDGET",
+    "http_timeout_seconds": "ARCHIVER_HTTP_TIMEOUT_SECONDS",
+    "max_retries": "ARCHIVER_MAX_RETRIES",
+    "max_retry_wait_seconds": "ARCHIVER_MAX_RETRY_WAIT_SECONDS",
+    "metrics_port": "ARCHIVER_METRICS_PORT",
+    "metrics_host": "ARCHIVER_METRICS_HOST",
+    "log_format": "ARCHIVER_LOG_FORMAT",
+    "log_level": "ARCHIVER_LOG_LEVEL",
+    "keep_url_tokens": "ARCHIVER_KEEP_URL_TOKENS",
+    "allow_insecure_http": "ARCHIVER_ALLOW_INSECURE_HTTP",
+}
+TOML_ALIASES = {"account_id": "account_ids"}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Either an API token or an email + global API key. The repr never shows the secret."""
+
+    token: SecretStr | None = None
+    email: str | None = None
+    api_key: SecretStr | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers that authenticate a request."""
+        if self.token is not None:
+            return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+        assert self.email is not None and self.api_key is not None
+        return {"X-Auth-Email": self.email, "X-Auth-Key": self.api_key.get_secret_value()}
+
+    def secrets(self) -> list[str]:
+        """The secret values, so that log filters and tests can look for them."""
+        return [s.get_secret_value() for s in (self.token, self.api_key) if s is not None]
+
+
+class Settings(BaseModel):
+    """Every setting of the archiver, validated. Secrets are SecretStr: their repr is masked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_token: SecretStr | None = None
+    email: str | None = None
+    api_key: SecretStr | None = None
+    account_ids: list[str] = Field(default_factory=list)
+    base_url: str = DEFAULT_BASE_URL
+    database_url: SecretStr = SecretStr("sqlite:///archive.db")
+    interval_seconds: float = Field(30.0, gt=0)
+    # The service may poll faster than interval_seconds, down to this, while the rate budget allows.
+    min_interval_seconds: float | None = Field(None, gt=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    # Cloudflare's documented per-token limit, which rate_budget is a share of.
+    upstream_limit_requests: int = Field(1200, gt=0)
+    upstream_limit_window_seconds: float = Field(300.0, gt=0)
+    detail_policy: Literal["changed", "vanished"] = "changed"
+    detail_budget: int = Field(100, ge=0)
+    detail_concurrency: int = Field(4, ge=1, le=64)
+    rate_limit: float = Field(3.0, gt=0)
+    rate_budget: float = Field(0.25, gt=0, le=1)
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    max_retry_wait_seconds: float = Field(60.0, gt=0)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    keep_url_tokens: bool = False
+    allow_insecure_http: bool = False
+
+    @field_validator("account_ids", mode="before")
+    @classmethod
+    def _split_accounts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        return value
+
+    @field_validator("account_ids")
+    @classmethod
+    def _check_accounts(cls, value: list[str]) -> list[str]:
+        normalized = [v.strip().lower() for v in value]
+        for account in normalized:
+            if not ACCOUNT_ID_PATTERN.fullmatch(account):
+                raise ValueError(f"{account!r} is not a Cloudflare account id (32 hex digits)")
+        return list(dict.fromkeys(normalized))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("email", "metrics_port", "min_interval_seconds", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_base_url(self) -> Settings:
+        try:
+            parts = urlsplit(self.base_url)
+            hostname = parts.hostname
+        except ValueError:
+            raise ValueError(f"base_url: {self.base_url!r} is not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise ValueError(f"base_url: {self.base_url!r} is not an http(s) URL")
+        if parts.scheme == "http" and not self.allow_insecure_http and not _is_loopback(hostname):
+            raise ValueError(
+                "base_url: plain http is refused for a non-loopback host "
+                "(use https, or set ARCHIVER_ALLOW_INSECURE_HTTP=true)"
+            )
+        return self
+
+    def credentials(self) -> Credentials:
+        """The configured credentials, or a ConfigError naming what to set."""
+        if self.api_token is not None and self.api_token.get_secret_value():
+            return Credentials(token=self.api_token)
+        if self.email and self.api_key is not None and self.api_key.get_secret_value():
+            return Credentials(email=self.email, api_key=self.api_key)
+        raise ConfigError("CLOUDFLARE_API_TOKEN is not set (or set CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY)")
+
+    def accounts(self) -> list[str]:
+        """The configured account ids, or a ConfigError if there are none."""
+        if not self.account_ids:
+            raise ConfigError("CLOUDFLARE_ACCOUNT_ID is not set (one or more account ids, comma-separated)")
+        return list(self.account_ids)
+
+    @property
+    def interval_floor(self) -> float:
+        """The shortest interval the service may poll at: the setting, else a third of the interval."""
+        floor = self.min_interval_seconds if self.min_interval_seconds is not None else self.interval_seconds / 3
+        return min(floor, self.interval_seconds)
+
+    @property
+    def budget_rate(self) -> float:
+        """Average requests per second per token that the rate budget allows."""
+        return self.upstream_limit_requests / self.upstream_limit_window_seconds * self.rate_budget
+
+    def secret_values(self) -> list[str]:
+        """Every secret in these settings, for log redaction."""
+        values = [s.get_secret_value() for s in (self.api_token, self.api_key) if s is not None]
+        return list(dict.fromkeys(v for v in values + _url_passwords(self.database_url.get_secret_value()) if v))
+
+
+def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the TOML file (if any) overlaid by environment variables."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = _read_toml(config_file) if config_file is not None else {}
+    for field, env_name in ENV_NAMES.items():
+        # An empty variable counts as unset, as in most shells' ${VAR:-default}.
+        if environ.get(env_name):
+            values[field] = environ[env_name]
+    return settings_from(values)
+
+
+def settings_from(values: Mapping[str, Any]) -> Settings:
+    """Validate a mapping of field names to values, turning errors into one clear ConfigError."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        field = TOML_ALIASES.get(key, key)
+        if field not in ENV_NAMES:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        values[field] = value
+    return values
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem, named by its environment variable, without echoing secret values."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if field not in ENV_NAMES:
+        # A model-level check: its message starts with the field name.
+        field, _, message = str(error["msg"]).removeprefix("Value error, ").partition(": ")
+        return f"{ENV_NAMES.get(field, field)}: {message}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{ENV_NAMES[field]}: {message}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_passwords(url: str) -> list[str]:
+    # Both spellings: the URL carries it percent-encoded, drivers may echo it decoded.
+    try:
+        encoded = urlsplit(url).password
+    except ValueError:
+        return []
+    return [encoded, unquote(encoded)] if encoded else []

@@ -1,0 +1,301 @@
+"""The Emulator: worlds per account, credentials, faults, and the request logic of the fake API."""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from archiver.emulator.clock import Clock
+from archiver.emulator.faults import Faults, FaultPlan, Injection
+from archiver.emulator.server import (
+    GET_PATH,
+    LIST_PATH,
+    UUID,
+    EmulatorHTTPServer,
+    RateWindow,
+    Reply,
+    error_reply,
+    json_reply,
+    parse_request,
+)
+from archiver.emulator.world import World
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    port: int
+    base_url: str
+
+
+class Emulator:
+    """A Cloudflare-compatible fake of the DevTools session endpoints, with its ground truth."""
+
+    def __init__(
+        self,
+        accounts: int | list[str] = 1,
+        initial_sessions: int = 20,
+        seed: int = 1,
+        speed: float = 1.0,
+        spawn_per_minute: float = 30.0,
+        mean_lifetime_s: float = 60.0,
+        retention_s: float = 300.0,
+        close_reason_style: str = "mixed",
+        token: str | None = None,
+        email: str | None = None,
+        api_key: str | None = None,
+        faults: Faults | None = None,
+        start_ms: float | None = None,
+    ) -> None:
+        rng = random.Random(seed)
+        if isinstance(accounts, int):
+            accounts = [f"{rng.getrandbits(128):032x}" for _ in range(accounts)]
+        self.account_ids: list[str] = list(accounts)
+        self.token = token or secrets.token_urlsafe(24)
+        self.email = email or "operator@example.com"
+        self.api_key = api_key or secrets.token_hex(20)
+        self.clock = Clock(speed, start_ms)
+        self._worlds = {
+            account: World(
+                account,
+                self.clock,
+                random.Random(rng.getrandbits(64)),
+                initial_sessions=initial_sessions,
+                spawn_per_minute=spawn_per_minute,
+                mean_lifetime_s=mean_lifetime_s,
+                retention_s=retention_s,
+                close_reason_style=close_reason_style,
+            )
+            for account in self.account_ids
+        }
+        self._plan = FaultPlan(faults, seed + 1)
+        self._rate = RateWindow()
+        self._counters: Counter[str] = Counter()
+        self._counter_lock = threading.Lock()
+        self._server: EmulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- Python API ---------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._plan.faults
+
+    def set_faults(self, **values: Any) -> Faults:
+        """Change some fault settings (the rest stay as they are)."""
+        self._plan.faults = self._plan.faults.updated(values)
+        return self._plan.faults
+
+    def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None) -> None:
+        """Answer the next ``times`` matching requests with a status or a fault kind."""
+        self._plan.inject(kind, times, endpoint, retry_after)
+
+    def world(self, account_id: str) -> World:
+        return self._worlds[account_id]
+
+    def truth(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Every session ever had (of one account, or all), with final state."""
+        accounts = [account_id] if account_id else self.account_ids
+        return [{**item, "accountId": a} for a in accounts for item in self._worlds[a].truth()]
+
+    def stats(self) -> dict[str, int]:
+        with self._counter_lock:
+            return dict(self._counters)
+
+    def start(self, port: int = 0) -> ServerInfo:
+        """Serve on 127.0.0.1 in a background thread."""
+        self._server = EmulatorHTTPServer(port, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True)
+        self._thread.start()
+        return self.info
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def info(self) -> ServerInfo:
+        assert self._server is not None, "the emulator is not serving"
+        port = self._server.server_address[1]
+        return ServerInfo(port, f"http://127.0.0.1:{port}/client/v4")
+
+    @contextmanager
+    def serve(self, port: int = 0) -> Iterator[ServerInfo]:
+        info = self.start(port)
+        try:
+            yield info
+        finally:
+            self.stop()
+
+    # -- request handling ---------------------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Reply:
+        path, query = parse_request(raw_path)
+        if path.startswith("/__emulator/"):
+            return self._control(method, path, body)
+        list_match, get_match = LIST_PATH.match(path), GET_PATH.match(path)
+        if method != "GET" or not (list_match or get_match):
+            return error_reply(404, "No route for that URI")
+        endpoint = "list" if list_match else "get"
+        self._count("requests", f"endpoint:{endpoint}")
+        reply = self._api(endpoint, list_match or get_match, query, headers)  # type: ignore[arg-type]
+        if self.faults.latency_ms:
+            reply.delay_s += self.faults.latency_ms / 1000
+        self._count(f"status:{reply.status if reply.body is not None else 'reset'}")
+        return reply
+
+    def _api(self, endpoint: str, match: Any, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
+        credential = self._credential(headers)
+        if credential is None:
+            return error_reply(401)
+        faults = self.faults
+        if faults.enforce_rate_limit:
+            wait = self._rate.check(credential, faults.rate_limit_requests, faults.rate_limit_window_s)
+            if wait is not None:
+                return error_reply(429, headers={"Retry-After": str(max(1, round(wait)))})
+        injection = self._plan.next_injection(endpoint)
+        if injection is not None:
+            return self._injected(injection)
+        random_fault = self._random_fault(endpoint)
+        if random_fault is not None:
+            return random_fault
+        account_id = match.group(1)
+        if account_id not in self._worlds:
+            return error_reply(403)
+        world = self._worlds[account_id]
+        if endpoint == "list":
+            return self._list(world, query)
+        session_id = match.group(2)
+        if not UUID.fullmatch(session_id):
+            return error_reply(400, "Invalid session id")
+        item = world.get(session_id)
+        if item is None:
+            return error_reply(404)
+        if self._plan.draw(faults.odd_fields_rate):
+            item = self._plan.odd_item(item)
+        return self._ok(item)
+
+    def _list(self, world: World, query: dict[str, list[str]]) -> Reply:
+        limit = _int_param(query, "limit", 200)
+        offset = _int_param(query, "offset", 0)
+        if limit is None or not 1 <= limit <= 200:
+            return error_reply(400, "limit must be an integer between 1 and 200")
+        if offset is None or offset < 0:
+            return error_reply(400, "offset must be a non-negative integer")
+        if self.faults.drift and offset > 0:
+            world.close_one_before(offset)  # a session on an earlier page ends between two requests
+        items = world.listing()[offset : offset + limit]
+        if self.faults.odd_fields_rate:
+            items = [self._plan.odd_item(i) if self._plan.draw(self.faults.odd_fields_rate) else i for i in items]
+        return self._ok(items)
+
+    def _ok(self, data: Any) -> Reply:
+        if self.faults.envelope:
+            data = {"success": True, "errors": [], "messages": [], "result": data}
+        return json_reply(200, data)
+
+    def _injected(self, injection: Injection) -> Reply:
+        kind = injection.kind
+        if isinstance(kind, int):
+            retry = injection.retry_after if injection.retry_after is not None else self.faults.retry_after_s
+            return error_reply(kind, headers={"Retry-After": f"{retry:g}"} if kind == 429 else None)
+        return self._fault_reply(kind)
+
+    def _random_fault(self, endpoint: str) -> Reply | None:
+        faults = self.faults
+        if self._plan.draw(faults.error_rate):
+            status = self._plan.choice(faults.error_statuses)
+            return error_reply(status, headers={"Retry-After": f"{faults.retry_after_s:g}"} if status == 429 else None)
+        for kind, rate in (("timeout", faults.timeout_rate), ("reset", faults.reset_rate), ("malformed", faults.malformed_rate)):
+            if self._plan.draw(rate):
+                return self._fault_reply(kind)
+        if endpoint == "get" and self._plan.draw(faults.null_detail_rate):
+            return self._fault_reply("null")
+        return None
+
+    def _fault_reply(self, kind: str) -> Reply:
+        if kind == "reset":
+            return Reply(0, None)
+        if kind == "timeout":
+            return Reply(200, b"[]", delay_s=self.faults.timeout_s)
+        if kind == "null":
+            return Reply(200, b"null")
+        return Reply(200, b'[{"sessionId": "0f0e', {})  # malformed: truncated mid-body
+
+    def _credential(self, headers: dict[str, str]) -> str | None:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if lowered.get("authorization") == f"Bearer {self.token}":
+            return "token"
+        if lowered.get("x-auth-email") == self.email and lowered.get("x-auth-key") == self.api_key:
+            return "key"
+        return None
+
+    # -- control endpoints --------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, body: bytes) -> Reply:
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            return error_reply(400, "body must be JSON")
+        if method == "GET" and path == "/__emulator/truth":
+            return json_reply(200, self.truth())
+        if method == "GET" and path.startswith("/__emulator/truth/"):
+            account = path.rsplit("/", 1)[1]
+            return json_reply(200, self.truth(account)) if account in self._worlds else error_reply(404, "unknown account")
+        if method == "GET" and path == "/__emulator/stats":
+            return json_reply(200, self.stats())
+        if path == "/__emulator/faults":
+            if method == "POST":
+                try:
+                    self.set_faults(**payload)
+                except (TypeError, ValueError) as exc:
+                    return error_reply(400, str(exc))
+            return json_reply(200, self.faults.to_json())
+        if method == "POST" and path == "/__emulator/advance":
+            self.clock.advance(float(payload.get("seconds", 0)))
+            return json_reply(200, {"nowMs": self.clock.now_ms()})
+        if method == "POST" and path == "/__emulator/inject":
+            self.inject(payload["kind"], int(payload.get("times", 1)), payload.get("endpoint", "any"), payload.get("retry_after"))
+            return json_reply(200, {"queued": True})
+        return error_reply(404, "No route for that URI")
+
+    def _count(self, *names: str) -> None:
+        with self._counter_lock:
+            self._counters.update(names)
+
+
+def serve_forever(emulator: Emulator, port: int, on_ready: Callable[[str], None] = lambda _url: None) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    info = emulator.start(port)
+    on_ready(info.base_url)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        emulator.stop()
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        number = float(values[0])
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None

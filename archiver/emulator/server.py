@@ -1,0 +1,123 @@
+"""The emulator's HTTP side: routing, auth, validation, faults, and the loopback server."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from archiver.emulator.app import Emulator
+
+API_PREFIX = "/client/v4"
+LIST_PATH = re.compile(r"^/client/v4/accounts/([^/]+)/browser-rendering/devtools/session/?$")
+GET_PATH = re.compile(r"^/client/v4/accounts/([^/]+)/browser-rendering/devtools/session/([^/]+)$")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ERRORS = {
+    400: (1001, "Invalid request"),
+    401: (10000, "Authentication error"),
+    403: (10000, "Authentication error"),
+    404: (404, "Session not found"),
+    429: (971, "Please wait and consider throttling your request speed"),
+    500: (2000, "Internal server error"),
+    503: (2001, "No browser available"),
+}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes | None  # None: drop the connection without answering
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+def json_reply(status: int, data: Any, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(data, separators=(",", ":")).encode(), headers or {})
+
+
+def error_reply(status: int, message: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+    code, default = ERRORS.get(status, (status, "Error"))
+    envelope = {"success": False, "errors": [{"code": code, "message": message or default}], "messages": [], "result": None}
+    return json_reply(status, envelope, headers)
+
+
+class RateWindow:
+    """Cloudflare's per-token limit: past N requests in a window, everything is 429 until it ends."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, deque[float]] = {}
+        self.blocked_until: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def check(self, credential: str, limit: int, window_s: float) -> float | None:
+        """None if allowed, else the seconds until the block lifts."""
+        now = time.monotonic()
+        with self.lock:
+            until = self.blocked_until.get(credential, 0.0)
+            if now < until:
+                return until - now
+            hits = self.hits.setdefault(credential, deque())
+            while hits and hits[0] <= now - window_s:
+                hits.popleft()
+            if len(hits) >= limit:
+                self.blocked_until[credential] = now + window_s
+                return window_s
+            hits.append(now)
+            return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections
+    server: EmulatorHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        """Silence the per-request stderr line."""
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        reply = self.server.emulator.handle(method, self.path, dict(self.headers.items()), body)
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        if reply.body is None:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, emulator: Emulator) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
+        self.emulator = emulator
+
+
+def parse_request(path: str) -> tuple[str, dict[str, list[str]]]:
+    parts = urlsplit(path)
+    return parts.path, parse_qs(parts.query, keep_blank_values=True)

@@ -1,0 +1,39 @@
+"""The archiver's exceptions, grouped by what the caller should do about them.
+
+Library errors (httpx, SQLAlchemy, pydantic) are wrapped at the module boundary with
+``raise ... from exc``; only the CLI turns these into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Root of every error the archiver raises on purpose."""
+
+
+class ConfigError(ArchiverError):
+    """A setting is missing or invalid; the operator must fix it before anything runs."""
+
+
+class FatalError(ArchiverError):
+    """Retrying will not help (bad credentials, a malformed request): stop and report."""
+
+
+class AuthError(FatalError):
+    """Cloudflare refused the credentials (401/403)."""
+
+
+class RetriableError(ArchiverError):
+    """A transient failure (throttling, 5xx, timeouts, lost connections): try again later."""
+
+
+class BadRecordError(ArchiverError):
+    """One upstream object could not be used; it is set aside and the cycle goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DatabaseNotReadyError(FatalError):
+    """The database schema is missing or older than this version of the archiver."""

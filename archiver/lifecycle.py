@@ -1,0 +1,152 @@
+"""How one observation moves a session's stored state: pure functions, no I/O.
+
+Each function takes the stored row (a dict of every ``browser_sessions`` column, or None for an
+unknown session) and an observation, and returns a :class:`Transition`: the full row to write (or
+None when only ``last_seen_at`` moves) and the version row to append (or None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, GONE, VANISHED
+from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state
+
+# A vanished session whose details still show no end is asked again a few times: Cloudflare may
+# drop a session from the list a moment before it writes the close reason.
+MAX_DETAIL_ATTEMPTS = 3
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: str
+    row: Row | None = None
+    version: Row | None = None
+
+
+def observe_listed(
+    known: Row | None, record: SessionRecord, *, account_id: str, seen_at: datetime, run_id: int, policy: str
+) -> Transition:
+    """A session was in a listing."""
+    merged = merge_state(known, record)
+    status = CLOSED if merged["end_time"] is not None else ACTIVE
+    if known is None:
+        row = {
+            "account_id": account_id,
+            "session_id": record.session_id,
+            "status": status,
+            "first_seen_at": seen_at,
+            "last_seen_at": seen_at,
+            "last_detail_at": None,
+            "vanished_at": None,
+            "gone_at": None,
+            "detail_due": "new" if policy == "changed" else None,
+            "detail_attempts": 0,
+            "last_run_id": run_id,
+            **merged,
+            "raw": record.raw,
+        }
+        return Transition("new", row, _version(row, run_id, seen_at, "list"))
+    changed = lifecycle_changed(known, merged)
+    reappeared = known["status"] in (VANISHED, GONE)
+    if not changed and status == known["status"] and not _urls_changed(known, merged):
+        return Transition("unchanged")
+    due = known["detail_due"]
+    if reappeared and due == "vanished":
+        due = None  # it is listed again: the urgent final-state fetch is moot
+    if changed and policy == "changed":
+        due = most_urgent(due, "changed")
+    row = {
+        **known,
+        **merged,
+        "status": status,
+        "last_seen_at": seen_at,
+        "vanished_at": None if reappeared else known["vanished_at"],
+        "gone_at": None if reappeared else known["gone_at"],
+        "detail_due": due,
+        "detail_attempts": 0 if due != known["detail_due"] else known["detail_attempts"],
+        "last_run_id": run_id,
+        "raw": record.raw,
+    }
+    version = _version(row, run_id, seen_at, "list") if changed or status != known["status"] else None
+    kind = "reappeared" if reappeared else ("changed" if changed or version else "refreshed")
+    return Transition(kind, row, version)
+
+
+def observe_vanished(known: Row, *, at: datetime, run_id: int) -> Transition:
+    """An active session was absent from a complete listing."""
+    row = {**known, "status": VANISHED, "vanished_at": at, "detail_due": "vanished", "detail_attempts": 0}
+    row["last_run_id"] = run_id
+    return Transition("vanished", row, _version(row, run_id, at, "archiver"))
+
+
+def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: int) -> Transition:
+    """A detail fetch returned the session."""
+    merged = merge_state(known, record)
+    attempts = known["detail_attempts"]
+    due = None
+    if merged["end_time"] is not None:
+        status = CLOSED
+    elif known["status"] == VANISHED:
+        status = VANISHED
+        attempts += 1
+        due = "vanished" if attempts < MAX_DETAIL_ATTEMPTS else None
+    else:
+        status = known["status"]
+    row = {
+        **known,
+        **merged,
+        "status": status,
+        "last_detail_at": at,
+        "detail_due": due,
+        "detail_attempts": attempts if due else 0,
+        "last_run_id": run_id,
+        "raw": record.raw,
+    }
+    changed = lifecycle_changed(known, merged) or status != known["status"]
+    return Transition("closed" if status == CLOSED else "fetched", row, _version(row, run_id, at, "detail") if changed else None)
+
+
+def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
+    """A detail fetch found nothing (404 or null): Cloudflare has forgotten the session."""
+    if known["status"] != VANISHED:
+        # Still listed (or already closed): nothing is lost, and nothing to wait for.
+        row = {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
+        return Transition("missing", row)
+    row = {**known, "status": GONE, "gone_at": at, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
+    return Transition("gone", row, _version(row, run_id, at, "detail"))
+
+
+def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
+    """A detail fetch returned something unusable: try again a bounded number of times."""
+    attempts = known["detail_attempts"] + 1
+    due = known["detail_due"] if attempts < MAX_DETAIL_ATTEMPTS else None
+    row = {**known, "detail_due": due, "detail_attempts": attempts if due else 0, "last_run_id": run_id}
+    return Transition("rejected", row)
+
+
+def most_urgent(a: str | None, b: str | None) -> str | None:
+    """The more urgent of two detail reasons."""
+    if a is None or b is None:
+        return a or b
+    return a if DETAIL_PRIORITY[a] <= DETAIL_PRIORITY[b] else b
+
+
+def _urls_changed(known: Row, merged: Row) -> bool:
+    return any(known.get(name) != merged[name] for name in URL_FIELDS.values())
+
+
+def _version(row: Row, run_id: int, observed_at: datetime, source: str) -> Row:
+    return {
+        "account_id": row["account_id"],
+        "session_id": row["session_id"],
+        "run_id": run_id,
+        "observed_at": observed_at,
+        "source": source,
+        "status": row["status"],
+        **{name: row[name] for name in STATE_FIELDS},
+        "raw": row["raw"],
+    }

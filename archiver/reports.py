@@ -1,0 +1,53 @@
+"""Audit queries shared by the CLI's status, reports and the demo. Read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, desc, func, select
+
+from archiver.models import CLOSED
+from archiver.store import runs_table, sessions_table
+
+s = sessions_table.c
+r = runs_table.c
+
+
+def last_runs(conn: Connection) -> list[dict[str, Any]]:
+    """The latest ledger row of every account."""
+    latest = select(r.account_id, func.max(r.id).label("id")).group_by(r.account_id).subquery()
+    stmt = select(runs_table).join(latest, r.id == latest.c.id).order_by(r.account_id)
+    return [dict(row) for row in conn.execute(stmt).mappings()]
+
+
+def sessions_by_status(conn: Connection) -> list[tuple[str, str, int]]:
+    """(account, status, count) for every account and status present."""
+    stmt = (
+        select(s.account_id, s.status, func.count())
+        .group_by(s.account_id, s.status)
+        .order_by(s.account_id, s.status)
+    )
+    return [(a, st, n) for a, st, n in conn.execute(stmt)]
+
+
+def close_reasons(conn: Connection) -> list[tuple[str | None, str | None, int]]:
+    """(reason, a text for it, count) over closed sessions, most frequent first."""
+    count = func.count().label("n")
+    stmt = (
+        select(s.close_reason, func.max(s.close_reason_text), count)
+        .where(s.status == CLOSED)
+        .group_by(s.close_reason)
+        .order_by(desc(count), s.close_reason)
+    )
+    return [(reason, text, n) for reason, text, n in conn.execute(stmt)]
+
+
+def recent_closed(conn: Connection, limit: int = 5) -> list[dict[str, Any]]:
+    """The most recently ended sessions with their times and reasons."""
+    stmt = (
+        select(s.session_id, s.start_time, s.end_time, s.close_reason, s.close_reason_text)
+        .where(s.status == CLOSED)
+        .order_by(desc(s.end_time))
+        .limit(limit)
+    )
+    return [dict(row) for row in conn.execute(stmt).mappings()]

@@ -1,0 +1,173 @@
+"""Database I/O: the engine, dialect-aware bulk upserts, loading known state. No HTTP here.
+
+Every function takes a connection; the caller (the poll cycle) decides transaction boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, case, create_engine, event, func, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from archiver.errors import ConfigError
+from archiver.models import ACTIVE, DETAIL_PRIORITY, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+
+BATCH_SIZE = 500
+sessions_table: Table = BrowserSession.__table__  # type: ignore[assignment]
+versions_table: Table = SessionVersion.__table__  # type: ignore[assignment]
+runs_table: Table = SyncRun.__table__  # type: ignore[assignment]
+rejects_table: Table = RejectedRecord.__table__  # type: ignore[assignment]
+SESSION_KEY = ("account_id", "session_id")
+DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        _create_private_file(parsed.database)
+        kwargs.setdefault("connect_args", {"timeout": 30})
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        extra = DRIVER_EXTRAS.get(backend)
+        hint = f"; install it with pip install 'browser-session-archiver[{extra}]'" if extra else ""
+        raise ConfigError(f"ARCHIVER_DATABASE_URL: no database driver for {parsed.drivername}{hint}") from exc
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _create_private_file(database: str | None) -> None:
+    # Create the file ourselves so that the archive (DevTools URLs, close reasons) is readable
+    # by its owner only, whatever the umask.
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def chunks(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str]) -> None:
+    """Insert rows, or update every non-key column where the key exists, with the native upsert."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    columns = [c for c in rows[0] if c not in key]
+    for batch in chunks(rows):
+        if dialect in ("mysql", "mariadb"):
+            my = mysql.insert(table)
+            stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in columns})
+        elif dialect in ("postgresql", "sqlite"):
+            native = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+            stmt = native.on_conflict_do_update(index_elements=list(key), set_={c: native.excluded[c] for c in columns})
+        else:
+            raise ConfigError(f"ARCHIVER_DATABASE_URL: the {dialect} database is not supported")
+        conn.execute(stmt, list(batch))
+
+
+def load_sessions(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The stored rows of the given sessions, by session id (unknown ids are absent)."""
+    found: dict[str, dict[str, Any]] = {}
+    ids = list(session_ids)
+    for batch in chunks(ids):
+        stmt = select(sessions_table).where(
+            sessions_table.c.account_id == account_id, sessions_table.c.session_id.in_(batch)
+        )
+        for row in conn.execute(stmt).mappings():
+            found[row["session_id"]] = dict(row)
+    return found
+
+
+def active_session_ids(conn: Connection, account_id: str) -> set[str]:
+    """Ids of the account's sessions that the archive believes are open."""
+    stmt = select(sessions_table.c.session_id).where(
+        sessions_table.c.account_id == account_id, sessions_table.c.status == ACTIVE
+    )
+    return set(conn.scalars(stmt))
+
+
+def sessions_due_for_detail(conn: Connection, account_id: str, limit: int) -> list[dict[str, Any]]:
+    """Sessions owed a detail fetch, most urgent first (vanished, changed, new; oldest first)."""
+    if limit <= 0:
+        return []
+    priority = case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9)
+    stmt = (
+        select(sessions_table)
+        .where(sessions_table.c.account_id == account_id, sessions_table.c.detail_due.is_not(None))
+        .order_by(priority, sessions_table.c.first_seen_at, sessions_table.c.session_id)
+        .limit(limit)
+    )
+    return [dict(row) for row in conn.execute(stmt).mappings()]
+
+
+def count_due_for_detail(conn: Connection, account_id: str) -> int:
+    stmt = select(func.count()).where(
+        sessions_table.c.account_id == account_id, sessions_table.c.detail_due.is_not(None)
+    )
+    return int(conn.scalar(stmt) or 0)
+
+
+def touch_seen(conn: Connection, account_id: str, session_ids: Sequence[str], seen_at: datetime, run_id: int) -> None:
+    """Record that unchanged sessions were in a listing."""
+    for batch in chunks(session_ids):
+        conn.execute(
+            update(sessions_table)
+            .where(sessions_table.c.account_id == account_id, sessions_table.c.session_id.in_(batch))
+            .values(last_seen_at=seen_at, last_run_id=run_id)
+        )
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    for batch in chunks(rows):
+        conn.execute(table.insert(), list(batch))
+
+
+def open_run(conn: Connection, account_id: str, worker: str, started_at: datetime) -> int:
+    """Start a ledger row and return its id."""
+    result = conn.execute(
+        runs_table.insert().values(account_id=account_id, worker=worker, started_at=started_at, outcome="running")
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None:
+    conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(**values))
+
+
+def abort_stale_runs(conn: Connection, account_id: str, before: datetime, now: datetime) -> int:
+    """Close ledger rows left 'running' by a process that died; return how many."""
+    result = conn.execute(
+        update(runs_table)
+        .where(
+            runs_table.c.account_id == account_id,
+            runs_table.c.outcome == "running",
+            runs_table.c.started_at < before,
+        )
+        .values(outcome="aborted", finished_at=now, error="the process running this cycle stopped before it ended")
+    )
+    return result.rowcount
+

@@ -1,0 +1,361 @@
+"""One poll cycle for one account: list -> diff -> store -> fetch details -> store -> ledger.
+
+Transactions are per listing page, per vanish pass and per detail batch, so a cycle that dies at
+any point leaves whole steps behind, and the next cycle converges to the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from archiver import lifecycle, store
+from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
+from archiver.config import Settings
+from archiver.errors import ArchiverError, BadRecordError, RetriableError
+from archiver.records import SessionRecord, parse_session, reject_body
+
+log = logging.getLogger(__name__)
+
+# Detail results are written when this many have arrived, or when the oldest has waited this
+# long, so that a slow API or an interrupted cycle loses little work.
+DETAIL_WRITE_BATCH = 50
+DETAIL_WRITE_SECONDS = 0.5
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DatabaseError(RetriableError):
+    """The database failed mid-cycle; the transaction under way was rolled back."""
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    detail_policy: str = "changed"
+    detail_budget: int = 100
+    detail_concurrency: int = 4
+    keep_url_tokens: bool = False
+    worker: str = field(default_factory=default_worker)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CycleOptions:
+        return cls(
+            detail_policy=settings.detail_policy,
+            detail_budget=settings.detail_budget,
+            detail_concurrency=settings.detail_concurrency,
+            keep_url_tokens=settings.keep_url_tokens,
+        )
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did; the same figures are in its ledger row."""
+
+    account_id: str
+    run_id: int
+    outcome: str
+    listing_complete: bool
+    counts: dict[str, int]
+    duration_seconds: float
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in ("failed", "aborted")
+
+
+async def run_cycle(api: AccountAPI, engine: Engine, options: CycleOptions, *, clock: Clock = utcnow) -> CycleResult:
+    """Poll one account once and archive what changed. Errors end up in the ledger row."""
+    return await _Cycle(api, engine, options, clock).run()
+
+
+class _Cycle:
+    def __init__(self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock) -> None:
+        self.api = api
+        self.engine = engine
+        self.options = options
+        self.clock = clock
+        self.account_id = api.account_id
+        self.run_id = 0
+        self.seen: set[str] = set()
+        self.counts: Counter[str] = Counter()
+        self.listing_complete = False
+        self.pages = 0
+        self.errors: list[str] = []
+
+    async def run(self) -> CycleResult:
+        started = time.perf_counter()
+        self.run_id = self._open_run()
+        outcome = "failed"
+        try:
+            await self._list()
+            if self.listing_complete:
+                self._mark_vanished()
+            if self.pages:
+                await self._fetch_details()
+                outcome = "ok" if self.listing_complete and not self.counts["details_failed"] else "partial"
+        except asyncio.CancelledError:
+            outcome = "aborted"
+            self.errors.append("cancelled (shutdown) before the cycle ended")
+            raise
+        except SQLAlchemyError as exc:
+            self.errors.append(f"database error: {type(exc).__name__}: {_first_line(exc)}")
+        except ArchiverError as exc:
+            self.errors.append(str(exc))
+        except Exception as exc:
+            self.errors.append(f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            self._close_run(outcome)
+        result = CycleResult(
+            self.account_id,
+            self.run_id,
+            outcome,
+            self.listing_complete,
+            dict(self.counts),
+            duration,
+            "; ".join(self.errors) or None,
+        )
+        _log_result(result, self.api.stats)
+        return result
+
+    # -- the ledger ---------------------------------------------------------------------------
+
+    def _open_run(self) -> int:
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                # The caller holds this account's lock, so any 'running' row is a dead process's.
+                store.abort_stale_runs(conn, self.account_id, before=now, now=now)
+                return store.open_run(conn, self.account_id, self.options.worker, now)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot open a ledger row: {_first_line(exc)}") from exc
+
+    def _close_run(self, outcome: str) -> None:
+        stats = self.api.stats
+        values: dict[str, Any] = {
+            "finished_at": self.clock(),
+            "outcome": outcome,
+            "listing_complete": self.listing_complete,
+            "pages": self.pages,
+            "api_requests": stats.requests,
+            "retries": stats.retries,
+            "throttled": stats.throttled,
+            "waited_seconds": round(stats.waited_seconds, 3),
+            "error": "; ".join(self.errors)[:4000] or None,
+        }
+        for name in ("listed", "new", "changed", "vanished", "reappeared", "details_fetched", "details_gone",
+                     "details_failed", "details_carried", "rejected"):
+            values[name] = self.counts[name]
+        try:
+            with self.engine.begin() as conn:
+                store.finish_run(conn, self.run_id, values)
+        except SQLAlchemyError as exc:
+            # The cycle's data is already committed step by step; only its ledger row is stale,
+            # and the next cycle marks it aborted.
+            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, _first_line(exc))
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def _list(self) -> None:
+        listing = self.api.listing()
+        try:
+            async for items in listing:
+                self.pages = listing.pages
+                self._store_page(items, self.clock())
+        except RetriableError as exc:
+            self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
+            return
+        if listing.problem:
+            self.errors.append(f"listing incomplete: {listing.problem}")
+        elif self.counts["unidentified"]:
+            self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
+        self.listing_complete = listing.complete and not self.counts["unidentified"]
+
+    def _store_page(self, items: Sequence[Any], seen_at: datetime) -> None:
+        records: list[SessionRecord] = []
+        rejects: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                record = parse_session(item, keep_url_tokens=self.options.keep_url_tokens)
+            except BadRecordError as exc:
+                # We cannot tell whose record this was, so this listing cannot prove any absence.
+                self.counts["unidentified"] += 1
+                rejects.append(self._reject("list", None, exc.reason, item, kept=False, at=seen_at))
+                continue
+            if record.session_id in self.seen:
+                continue  # overlapping pages, or a list that shifted right
+            self.seen.add(record.session_id)
+            if record.problems:
+                rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
+            records.append(record)
+        self.counts["listed"] += len(records)
+        with self.engine.begin() as conn:
+            known = store.load_sessions(conn, self.account_id, [r.session_id for r in records])
+            rows, versions, unchanged = [], [], []
+            for record in records:
+                step = lifecycle.observe_listed(
+                    known.get(record.session_id),
+                    record,
+                    account_id=self.account_id,
+                    seen_at=seen_at,
+                    run_id=self.run_id,
+                    policy=self.options.detail_policy,
+                )
+                self.counts[step.kind] += 1
+                if step.row is None:
+                    unchanged.append(record.session_id)
+                else:
+                    rows.append(step.row)
+                if step.version is not None:
+                    versions.append(step.version)
+            store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
+            store.touch_seen(conn, self.account_id, unchanged, seen_at, self.run_id)
+            store.insert_rows(conn, store.versions_table, versions)
+            store.insert_rows(conn, store.rejects_table, rejects)
+
+    def _mark_vanished(self) -> None:
+        at = self.clock()
+        with self.engine.begin() as conn:
+            absent = store.active_session_ids(conn, self.account_id) - self.seen
+            known = store.load_sessions(conn, self.account_id, sorted(absent))
+            steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
+            store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
+            store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])
+        self.counts["vanished"] += len(steps)
+
+    # -- details ------------------------------------------------------------------------------
+
+    async def _fetch_details(self) -> None:
+        with self.engine.connect() as conn:
+            due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
+        semaphore = asyncio.Semaphore(self.options.detail_concurrency)
+
+        async def fetch(known: dict[str, Any]) -> tuple[dict[str, Any], Any, RetriableError | None]:
+            async with semaphore:
+                try:
+                    return known, await self.api.get_session(known["session_id"]), None
+                except RetriableError as exc:
+                    return known, None, exc
+
+        tasks = [asyncio.create_task(fetch(row)) for row in due]
+        batch: list[tuple[dict[str, Any], Any, RetriableError | None]] = []
+        oldest = 0.0
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                batch.append(await next_done)
+                if len(batch) == 1:
+                    oldest = time.monotonic()
+                if len(batch) >= DETAIL_WRITE_BATCH or time.monotonic() - oldest >= DETAIL_WRITE_SECONDS:
+                    self._store_details(batch)
+                    batch = []
+            self._store_details(batch)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        with self.engine.connect() as conn:
+            self.counts["details_carried"] = store.count_due_for_detail(conn, self.account_id)
+
+    def _store_details(self, batch: Sequence[tuple[dict[str, Any], Any, RetriableError | None]]) -> None:
+        if not batch:
+            return
+        at = self.clock()
+        rows, versions, rejects = [], [], []
+        for known, body, error in batch:
+            if error is not None:
+                self.counts["details_failed"] += 1
+                self._note_detail_error(error)
+                continue
+            step = self._detail_step(known, body, at, rejects)
+            self.counts[{"gone": "details_gone", "missing": "details_gone"}.get(step.kind, "details_fetched")] += 1
+            if step.row is not None:
+                rows.append(step.row)
+            if step.version is not None:
+                versions.append(step.version)
+        with self.engine.begin() as conn:
+            store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
+            store.insert_rows(conn, store.versions_table, versions)
+            store.insert_rows(conn, store.rejects_table, rejects)
+
+    def _detail_step(self, known: dict[str, Any], body: Any, at: datetime, rejects: list[dict[str, Any]]) -> lifecycle.Transition:
+        session_id = known["session_id"]
+        if body is None:
+            return lifecycle.observe_missing(known, at=at, run_id=self.run_id)
+        try:
+            record = parse_session(body, keep_url_tokens=self.options.keep_url_tokens)
+            if record.session_id != session_id:
+                raise BadRecordError(f"asked for {session_id}, got {record.session_id}")
+        except BadRecordError as exc:
+            rejects.append(self._reject("detail", session_id, exc.reason, body, False, at))
+            return lifecycle.observe_bad_detail(known, run_id=self.run_id)
+        if record.problems:
+            rejects.append(self._reject("detail", session_id, "; ".join(record.problems), body, True, at))
+        return lifecycle.observe_detail(known, record, at=at, run_id=self.run_id)
+
+    def _note_detail_error(self, error: RetriableError) -> None:
+        message = f"detail fetch failed: {error}"
+        if message not in self.errors and len(self.errors) < 5:
+            self.errors.append(message)
+
+    def _reject(self, source: str, session_id: str | None, reason: str, body: Any, kept: bool, at: datetime) -> dict[str, Any]:
+        self.counts["rejected"] += 1
+        return {
+            "account_id": self.account_id,
+            "run_id": self.run_id,
+            "rejected_at": at,
+            "source": source,
+            "session_id": session_id,
+            "reason": reason,
+            "body": reject_body(body),
+            "kept": kept,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    # SQLAlchemy messages carry the statement and its parameters; the first line is the cause.
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+
+
+def _log_result(result: CycleResult, stats: Any) -> None:
+    c = result.counts
+    log.log(
+        logging.WARNING if result.failed else logging.INFO,
+        "cycle account=%s run=%d outcome=%s complete=%s listed=%d new=%d changed=%d vanished=%d "
+        "details=%d gone=%d carried=%d rejected=%d requests=%d retries=%d throttled=%d duration=%.3fs%s",
+        result.account_id, result.run_id, result.outcome, result.listing_complete,
+        c.get("listed", 0), c.get("new", 0), c.get("changed", 0), c.get("vanished", 0),
+        c.get("details_fetched", 0), c.get("details_gone", 0), c.get("details_carried", 0), c.get("rejected", 0),
+        stats.requests, stats.retries, stats.throttled, result.duration_seconds,
+        f" error={result.error}" if result.error else "",
+    )
+
+
+async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow) -> list[CycleResult]:
+    """One cycle for every configured account, concurrently, under one shared rate limiter."""
+    options = CycleOptions.from_settings(settings)
+    async with client_from_settings(settings) as client:
+        cycles = [
+            run_cycle(client.account(account_id, RequestStats()), engine, options, clock=clock)
+            for account_id in settings.accounts()
+        ]
+        return list(await asyncio.gather(*cycles))

@@ -1,0 +1,91 @@
+"""Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB), each test in its own schema.
+
+PostgreSQL and MariaDB URLs come from ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL, with
+this machine's local servers as defaults. An unreachable server is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from archiver import migrate
+from archiver.store import make_engine
+
+POSTGRES_URL = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("ARCHIVER_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+def _fresh_postgres() -> Iterator[str]:
+    schema = f"archiver_test_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _fresh_mariadb() -> Iterator[str]:
+    database = f"archiver_test_{secrets.token_hex(4)}"
+    admin = create_engine(MYSQL_URL)
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4"))
+    try:
+        yield make_url(MYSQL_URL).set(database=database).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE `{database}`"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL to an empty database of each backend, dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'archive.db'}"
+    elif request.param == "postgresql":
+        yield from _fresh_postgres()
+    else:
+        yield from _fresh_mariadb()
+
+
+@pytest.fixture
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A migrated SQLite archive (the embedded default)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'archive.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def any_engine(empty_database_url: str) -> Iterator[Engine]:
+    """A migrated archive on each backend."""
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL to an empty PostgreSQL schema of its own, dropped after the test."""
+    yield from _fresh_postgres()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A URL to an empty MariaDB database of its own, dropped after the test."""
+    yield from _fresh_mariadb()

@@ -1,0 +1,201 @@
+"""The emulator over a real loopback socket: the API's shapes, errors, auth, lifecycle and faults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from archiver.emulator import Emulator
+
+
+@pytest.fixture
+def emu() -> Emulator:
+    return Emulator(accounts=2, initial_sessions=7, seed=3, speed=0.0, spawn_per_minute=0, retention_s=60, close_reason_style="string")
+
+
+@pytest.fixture
+def http(emu: Emulator) -> Iterator[httpx.Client]:
+    with emu.serve(port=0) as server, httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {emu.token}"}) as client:
+        yield client
+
+
+def sessions_path(emu: Emulator, account: int = 0) -> str:
+    return f"/accounts/{emu.account_ids[account]}/browser-rendering/devtools/session"
+
+
+def test_listing_is_a_bare_array_paged_by_limit_and_offset(emu: Emulator, http: httpx.Client) -> None:
+    everything = http.get(sessions_path(emu)).json()
+    assert isinstance(everything, list) and len(everything) == 7
+    pages = [http.get(sessions_path(emu), params={"limit": 3, "offset": o}).json() for o in (0, 3, 6)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [s["sessionId"] for p in pages for s in p] == [s["sessionId"] for s in everything]
+    assert sorted(s["startTime"] for s in everything) == [s["startTime"] for s in everything]
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"limit": "abc"}, {"limit": 1.5}, {"offset": -1}], ids=str)
+def test_bad_paging_is_a_400_envelope(emu: Emulator, http: httpx.Client, params: dict[str, Any]) -> None:
+    response = http.get(sessions_path(emu), params=params)
+    body = response.json()
+    assert response.status_code == 400
+    assert body["success"] is False and body["result"] is None and body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "path_account", "status"),
+    [
+        ({}, 0, 401),
+        ({"Authorization": "Bearer nope"}, 0, 401),
+        ("email", 0, 200),
+        ("token", "unknown", 403),
+    ],
+    ids=["none", "wrong-token", "email-and-key", "unknown-account"],
+)
+def test_auth(emu: Emulator, http: httpx.Client, headers: Any, path_account: Any, status: int) -> None:
+    if headers == "email":
+        headers = {"X-Auth-Email": emu.email, "X-Auth-Key": emu.api_key}
+    elif headers == "token":
+        headers = {"Authorization": f"Bearer {emu.token}"}
+    path = sessions_path(emu) if path_account == 0 else "/accounts/ffffffffffffffffffffffffffffffff/browser-rendering/devtools/session"
+    response = httpx.get(f"{str(http.base_url).rstrip('/')}{path}", headers=headers)
+    assert response.status_code == status
+    if status != 200:
+        assert response.json()["errors"][0]["code"] == 10000
+
+
+def test_lifecycle_close_reason_and_retention(emu: Emulator, http: httpx.Client) -> None:
+    world = emu.world(emu.account_ids[0])
+    sid = world.start_session()
+    detail = http.get(f"{sessions_path(emu)}/{sid}").json()
+    assert detail["connectionStartTime"] is None and detail["endTime"] is None
+    emu.clock.advance(1)
+    world.connect(sid)
+    connected = http.get(f"{sessions_path(emu)}/{sid}").json()
+    assert connected["connectionId"] and connected["lastUpdated"] > detail["lastUpdated"]
+    assert http.get(f"{sessions_path(emu)}/{sid}").json()["lastUpdated"] == connected["lastUpdated"]
+    emu.clock.advance(1)
+    world.close(sid, reason="BrowserIdle")
+    closed = http.get(f"{sessions_path(emu)}/{sid}").json()
+    assert (closed["closeReason"], closed["closeReasonText"]) == ("BrowserIdle", "Browser was idle for too long")
+    assert closed["endTime"] == closed["connectionEndTime"] == closed["lastUpdated"]
+    assert sid not in {s["sessionId"] for s in http.get(sessions_path(emu)).json()}
+    emu.clock.advance(61)
+    gone = http.get(f"{sessions_path(emu)}/{sid}")
+    assert gone.status_code == 404 and gone.json()["errors"][0]["message"] == "Session not found"
+    truth = {t["sessionId"]: t for t in emu.truth(emu.account_ids[0])}[sid]
+    assert truth["closedAtMs"] == closed["endTime"] and truth["forgottenAtMs"] is not None and not truth["active"]
+    assert http.get(f"{sessions_path(emu)}/not-a-uuid").status_code == 400
+
+
+def test_numeric_close_reasons(http: httpx.Client) -> None:
+    emu = Emulator(accounts=1, initial_sessions=0, seed=4, speed=0.0, spawn_per_minute=0, close_reason_style="number")
+    world = emu.world(emu.account_ids[0])
+    sid = world.start_session()
+    world.close(sid, reason="NormalClosure")
+    with emu.serve(port=0) as server:
+        body = httpx.get(f"{server.base_url}{sessions_path(emu)}/{sid}", headers={"Authorization": f"Bearer {emu.token}"}).json()
+    assert body["closeReason"] == 1000
+
+
+def test_the_world_moves_with_the_clock_and_a_seed_repeats_it() -> None:
+    def world_after(seconds: float) -> list[tuple[str, Any, Any]]:
+        emu = Emulator(accounts=1, initial_sessions=5, seed=9, speed=0.0, spawn_per_minute=30, mean_lifetime_s=20, start_ms=1.8e12)
+        emu.clock.advance(seconds)
+        return [(t["sessionId"], t["endTime"], t["closeReason"]) for t in emu.truth()]
+
+    later = world_after(120)
+    assert later == world_after(120)
+    assert len(later) > 5 and any(end is not None for _sid, end, _reason in later)
+
+
+def test_ground_truth_and_controls_over_http(emu: Emulator, http: httpx.Client) -> None:
+    base = str(http.base_url).rstrip("/").removesuffix("/client/v4")
+    assert len(httpx.get(f"{base}/__emulator/truth").json()) == 14
+    assert len(httpx.get(f"{base}/__emulator/truth/{emu.account_ids[1]}").json()) == 7
+    now = httpx.post(f"{base}/__emulator/advance", json={"seconds": 5}).json()["nowMs"]
+    assert now == pytest.approx(emu.clock.now_ms())
+    assert httpx.post(f"{base}/__emulator/faults", json={"envelope": True}).json()["envelope"] is True
+    assert httpx.post(f"{base}/__emulator/faults", json={"bogus": 1}).status_code == 400
+    enveloped = http.get(sessions_path(emu)).json()
+    assert enveloped["success"] is True
+    assert len(enveloped["result"]) == sum(t["active"] for t in emu.truth(emu.account_ids[0]))
+    httpx.post(f"{base}/__emulator/inject", json={"kind": 503, "endpoint": "list"})
+    assert http.get(sessions_path(emu)).status_code == 503
+    assert httpx.get(f"{base}/__emulator/stats").json()["status:503"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        (429, lambda r: r.status_code == 429 and r.headers["Retry-After"] == "3" and r.json()["errors"][0]["code"] == 971),
+        (500, lambda r: r.status_code == 500 and r.json()["errors"][0]["code"] == 2000),
+        (503, lambda r: r.status_code == 503 and r.json()["errors"][0]["message"] == "No browser available"),
+        ("malformed", lambda r: r.status_code == 200 and not _is_json(r.text)),
+        ("null", lambda r: r.status_code == 200 and r.json() is None),
+    ],
+    ids=["429", "500", "503", "malformed", "null"],
+)
+def test_injected_faults_hit_only_their_endpoint_and_count(emu: Emulator, http: httpx.Client, kind: Any, check: Any) -> None:
+    sid = emu.truth()[0]["sessionId"]
+    emu.inject(kind, times=2, endpoint="get", retry_after=3)
+    assert http.get(sessions_path(emu)).status_code == 200  # the listing is not hit
+    assert check(http.get(f"{sessions_path(emu)}/{sid}")) and check(http.get(f"{sessions_path(emu)}/{sid}"))
+    assert http.get(f"{sessions_path(emu)}/{sid}").status_code == 200
+
+
+def test_reset_and_timeout(emu: Emulator, http: httpx.Client) -> None:
+    emu.inject("reset", endpoint="list")
+    with pytest.raises(httpx.TransportError):
+        http.get(sessions_path(emu))
+    emu.set_faults(timeout_s=0.5)
+    emu.inject("timeout", endpoint="list")
+    with pytest.raises(httpx.TimeoutException):
+        http.get(sessions_path(emu), timeout=0.2)
+
+
+def test_random_faults_odd_fields_and_drift(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_faults(odd_fields_rate=1.0)
+    odd = http.get(sessions_path(emu)).json()
+    assert any(set(i) != set(odd[0]) or isinstance(i.get("startTime"), str) or "unexpectedField" in i for i in odd)
+    emu.set_faults(odd_fields_rate=0.0, error_rate=1.0, error_statuses=(503,))
+    assert http.get(sessions_path(emu)).status_code == 503
+    emu.set_faults(error_rate=0.0, drift=True)
+    first = http.get(sessions_path(emu), params={"limit": 4, "offset": 0}).json()
+    second = http.get(sessions_path(emu), params={"limit": 4, "offset": 4}).json()
+    assert len(first) + len(second) == 6  # one session on the first page closed in between
+
+
+def test_rate_limit_enforcement_blocks_for_the_window(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_faults(enforce_rate_limit=True, rate_limit_requests=5, rate_limit_window_s=2)
+    statuses = [http.get(sessions_path(emu)).status_code for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
+    assert int(http.get(sessions_path(emu)).headers["Retry-After"]) >= 1
+    time.sleep(2.1)
+    assert http.get(sessions_path(emu)).status_code == 200
+
+
+def test_a_large_listing_pages_quickly() -> None:
+    started = time.perf_counter()
+    emu = Emulator(accounts=1, initial_sessions=100_000, seed=5, speed=0.0, spawn_per_minute=0, mean_lifetime_s=1e6)
+    built = time.perf_counter() - started
+    with emu.serve(port=0) as server, httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {emu.token}"}) as client:
+        client.get(sessions_path(emu), params={"offset": 50_000})  # builds the ordered snapshot once
+        started = time.perf_counter()
+        for offset in range(0, 20 * 200, 200):
+            assert len(client.get(sessions_path(emu), params={"offset": offset}).json()) == 200
+        per_page = (time.perf_counter() - started) / 20
+    # generous bounds: a regression to O(active sessions) per request would cost ~100x more
+    assert built < 15 and per_page < 0.1
+
+
+def _is_json(text: str) -> bool:
+    import json
+
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

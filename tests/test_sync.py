@@ -1,0 +1,270 @@
+"""End-to-end poll cycles against the emulator over a real loopback socket, checked against its
+ground truth, on a real SQLite archive (and on PostgreSQL and MariaDB where marked)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, func, select
+
+from archiver.cloudflare import RequestStats
+from archiver.config import Credentials
+from archiver.emulator import Emulator
+from archiver.store import rejects_table, runs_table, sessions_table, versions_table
+from archiver.sync import CycleOptions, run_cycle
+from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    # A frozen clock: the tests move time themselves, so every run sees the same world.
+    return Emulator(
+        accounts=1,
+        initial_sessions=25,
+        seed=11,
+        speed=0.0,
+        spawn_per_minute=20.0,
+        mean_lifetime_s=40.0,
+        retention_s=300.0,
+        close_reason_style="mixed",
+    )
+
+
+@pytest.fixture
+def server(emulator: Emulator) -> Iterator[Any]:
+    with emulator.serve(port=0) as running:
+        yield running
+
+
+def ledger(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(runs_table).order_by(runs_table.c.id)).mappings()]
+
+
+def run_polls(emulator: Emulator, server: Any, engine: Engine, polls: int, step_s: float, **options: Any) -> PollLog:
+    log = PollLog()
+    for _ in range(polls):
+        log.times.append(emulator.clock.now_ms())
+        result = cycle(server, emulator, engine, **options)
+        assert result.outcome == "ok", result.error
+        emulator.clock.advance(step_s)
+    return log
+
+
+def test_archive_matches_ground_truth_over_many_cycles(any_engine: Engine, emulator: Emulator, server: Any) -> None:
+    polls = run_polls(emulator, server, any_engine, polls=20, step_s=10.0)
+    truth = emulator.truth(emulator.account_ids[0])
+    closed_while_polled = [t for t in truth if t["closedAtMs"] and polls.visible(t) and t["closedAtMs"] <= polls.times[-1]]
+    assert len(closed_while_polled) >= 10, "the scenario must close sessions for the test to mean anything"
+    assert compare_with_truth(any_engine, truth, polls, emulator.account_ids[0]) == []
+    runs = ledger(any_engine)
+    assert [r["outcome"] for r in runs] == ["ok"] * 20
+    assert all(r["listing_complete"] for r in runs)
+    # frugal: one list page per cycle, plus one detail per new, changed or vanished session
+    assert runs[0]["api_requests"] == 1 + runs[0]["new"]
+
+
+def test_vanished_policy_fetches_only_vanished(engine: Engine, emulator: Emulator, server: Any) -> None:
+    polls = run_polls(emulator, server, engine, polls=8, step_s=10.0, detail_policy="vanished")
+    runs = ledger(engine)
+    assert runs[0]["api_requests"] == 1  # the listing alone: nothing vanished yet
+    assert sum(r["details_fetched"] + r["details_gone"] for r in runs) == sum(r["vanished"] for r in runs)
+    assert compare_with_truth(engine, emulator.truth(emulator.account_ids[0]), polls, emulator.account_ids[0]) == []
+
+
+def test_close_reason_as_number_and_as_string_is_stored_as_text(engine: Engine) -> None:
+    for seed, style, expected in ((3, "number", "1000"), (4, "string", "NormalClosure")):
+        emulator = Emulator(accounts=1, initial_sessions=0, seed=seed, speed=0.0, spawn_per_minute=0.0, close_reason_style=style)
+        world = emulator.world(emulator.account_ids[0])
+        with emulator.serve(port=0) as server:
+            session_id = world.start_session()
+            world.connect(session_id)
+            cycle(server, emulator, engine)
+            world.close(session_id, reason="NormalClosure")
+            emulator.clock.advance(1)
+            cycle(server, emulator, engine)
+        row = archived(engine)[session_id]
+        assert (row["status"], row["close_reason"]) == ("closed", expected)
+        assert row["close_reason_text"]
+
+
+def test_paging_with_drift_neither_loses_nor_falsely_vanishes(engine: Engine) -> None:
+    emulator = Emulator(accounts=1, initial_sessions=650, seed=5, speed=0.0, spawn_per_minute=0.0, mean_lifetime_s=1e9)
+    emulator.set_faults(drift=True)
+    with emulator.serve(port=0) as server:
+        for _ in range(4):
+            result = cycle(server, emulator, engine)
+            assert result.counts.get("vanished", 0) == 0 or result.listing_complete
+        # sessions that closed during the last listing were seen alive in it: one calm cycle more
+        emulator.set_faults(drift=False)
+        cycle(server, emulator, engine)
+    truth = {t["sessionId"]: t for t in emulator.truth(emulator.account_ids[0])}
+    rows = archived(engine)
+    assert set(rows) == set(truth)  # nothing lost
+    for sid, row in rows.items():
+        if truth[sid]["active"]:
+            assert row["status"] == "active", f"{sid} is alive but archived as {row['status']}"
+        else:
+            assert row["status"] == "closed"
+
+
+def test_detail_budget_carries_over(engine: Engine, emulator: Emulator, server: Any) -> None:
+    first = cycle(server, emulator, engine, detail_budget=10)
+    assert (first.counts["new"], first.counts["details_fetched"], first.counts["details_carried"]) == (25, 10, 15)
+    second = cycle(server, emulator, engine, detail_budget=10)
+    third = cycle(server, emulator, engine, detail_budget=10)
+    assert second.counts["details_carried"] == 5 and third.counts["details_carried"] == 0
+    assert all(r["last_detail_at"] is not None for r in archived(engine).values())
+
+
+def test_vanished_first_under_a_tight_budget(engine: Engine, emulator: Emulator, server: Any) -> None:
+    cycle(server, emulator, engine, detail_budget=0)
+    world = emulator.world(emulator.account_ids[0])
+    closing = sorted(t["sessionId"] for t in emulator.truth() if t["active"])[:3]
+    for sid in closing:
+        world.close(sid)
+    result = cycle(server, emulator, engine, detail_budget=3)
+    assert result.counts["vanished"] == 3
+    rows = archived(engine)
+    assert {sid for sid, r in rows.items() if r["status"] == "closed"} == set(closing)
+
+
+def test_forgotten_before_fetch_is_gone_and_keeps_last_state(engine: Engine, emulator: Emulator, server: Any) -> None:
+    cycle(server, emulator, engine)
+    world = emulator.world(emulator.account_ids[0])
+    sid = next(t["sessionId"] for t in emulator.truth() if t["active"])
+    before = archived(engine)[sid]
+    world.close(sid)
+    world.forget(sid)
+    cycle(server, emulator, engine)
+    row = archived(engine)[sid]
+    assert row["status"] == "gone" and row["gone_at"] is not None and row["vanished_at"] is not None
+    assert row["start_time"] == before["start_time"]
+    assert [v["status"] for v in versions_of(engine, sid)][-2:] == ["vanished", "gone"]
+
+
+@pytest.mark.parametrize(
+    ("status", "times", "outcome", "complete"),
+    [
+        (429, 1, "ok", True),
+        (500, 2, "ok", True),
+        (503, 1, "ok", True),
+        ("malformed", 1, "ok", True),
+        ("reset", 1, "ok", True),
+        (500, 10, "failed", False),
+        (401, 1, "failed", False),
+        (400, 1, "failed", False),
+    ],
+    ids=["429-retried", "500-retried", "503-retried", "malformed-retried", "reset-retried", "500-exhausted", "401", "400"],
+)
+def test_listing_errors(engine: Engine, emulator: Emulator, server: Any, status: Any, times: int, outcome: str, complete: bool) -> None:
+    cycle(server, emulator, engine)
+    world = emulator.world(emulator.account_ids[0])
+    world.close(next(t["sessionId"] for t in emulator.truth() if t["active"]))
+    emulator.inject(status, times=times, endpoint="list", retry_after=0)
+    result = cycle(server, emulator, engine)
+    assert (result.outcome, result.listing_complete) == (outcome, complete)
+    if complete:
+        assert result.counts["vanished"] == 1
+    else:
+        assert result.error
+        assert not any(r["status"] == "vanished" for r in archived(engine).values())
+    if status == 429:
+        assert ledger(engine)[-1]["throttled"] == 1
+
+
+def test_detail_errors_carry_the_fetch_over(engine: Engine, emulator: Emulator, server: Any) -> None:
+    emulator.inject(503, times=100, endpoint="get")
+    first = cycle(server, emulator, engine)
+    assert first.outcome == "partial" and first.counts["details_failed"] == 25
+    assert first.counts["details_carried"] == 25
+    second = cycle(server, emulator, engine)
+    assert second.outcome == "ok" and second.counts["details_fetched"] == 25
+
+
+def test_odd_fields_are_set_aside_and_the_session_kept(engine: Engine, emulator: Emulator, server: Any) -> None:
+    emulator.set_faults(odd_fields_rate=1.0)
+    result = cycle(server, emulator, engine)
+    emulator.set_faults(odd_fields_rate=0.0)
+    assert result.counts["rejected"] > 0
+    with engine.connect() as conn:
+        kept = conn.scalar(select(func.count()).select_from(rejects_table).where(rejects_table.c.kept))
+        dropped = conn.scalar(select(func.count()).select_from(rejects_table).where(~rejects_table.c.kept))
+    rows = archived(engine)
+    truth_ids = {t["sessionId"] for t in emulator.truth()}
+    assert kept > 0
+    assert set(rows) <= truth_ids
+    if dropped:
+        assert not result.listing_complete  # an unidentifiable item cannot prove an absence
+
+
+def test_email_and_key_auth(engine: Engine, emulator: Emulator, server: Any) -> None:
+    credentials = Credentials(email=emulator.email, api_key=SecretStr(emulator.api_key))
+    result = cycle(server, emulator, engine, client={"credentials": credentials})
+    assert result.outcome == "ok" and result.counts["new"] == 25
+
+
+def test_wrong_token_fails_with_a_plain_message(engine: Engine, emulator: Emulator, server: Any) -> None:
+    result = cycle(server, emulator, engine, client={"credentials": Credentials(token=SecretStr("wrong-token"))})
+    assert result.outcome == "failed"
+    assert "refused the credentials" in (result.error or "")
+    assert "wrong-token" not in (result.error or "")
+
+
+def test_urls_are_stored_redacted(engine: Engine, emulator: Emulator, server: Any) -> None:
+    cycle(server, emulator, engine)
+    with engine.connect() as conn:
+        dump = " ".join(str(tuple(r)) for r in conn.execute(select(sessions_table)))
+        dump += " ".join(str(tuple(r)) for r in conn.execute(select(versions_table)))
+    assert "jwt=REDACTED" in dump
+    for item in emulator.truth():
+        token = item["webSocketDebuggerUrl"].rpartition("jwt=")[2]
+        assert token not in dump
+
+
+def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from archiver import migrate
+    from archiver.store import make_engine
+
+    def fresh_engine(name: str) -> Engine:
+        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp(name) / 'a.db'}")
+        migrate.upgrade(engine)
+        return engine
+
+    def world() -> Emulator:
+        return Emulator(accounts=1, initial_sessions=30, seed=21, speed=0.0, spawn_per_minute=0.0, start_ms=1.8e12)
+
+    straight, interrupted = fresh_engine("straight"), fresh_engine("interrupted")
+    emu_a, emu_b = world(), world()
+    with emu_a.serve(port=0) as server_a:
+        cycle(server_a, emu_a, straight)
+    with emu_b.serve(port=0) as server_b:
+        emu_b.set_faults(latency_ms=200)
+
+        async def interrupted_cycle() -> None:
+            async with client_for(server_b, emu_b) as client:
+                task = asyncio.create_task(
+                    run_cycle(client.account(emu_b.account_ids[0], RequestStats()), interrupted, CycleOptions(detail_concurrency=2))
+                )
+                await asyncio.sleep(1.6)  # the listing and some details are stored, others in flight
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(interrupted_cycle())
+        assert 0 < sum(r["last_detail_at"] is not None for r in archived(interrupted).values()) < 30
+        emu_b.set_faults(latency_ms=0)
+        cycle(server_b, emu_b, interrupted)
+
+    def essence(engine: Engine) -> dict[str, tuple[Any, ...]]:
+        return {
+            sid: (r["status"], r["start_time"], r["end_time"], r["close_reason"], r["detail_due"], len(versions_of(engine, sid)))
+            for sid, r in archived(engine).items()
+        }
+
+    assert essence(straight) == essence(interrupted)
+    assert [r["outcome"] for r in ledger(interrupted)] == ["aborted", "ok"]
