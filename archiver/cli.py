@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import click
 from sqlalchemy import Engine
 
-from archiver import __version__, migrate, reports
+from archiver import __version__, migrate, prune as retention, reports, timeparse
 from archiver.config import Settings, load_settings
-from archiver.errors import ArchiverError, ConfigError
+from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
-from archiver.render import table
+from archiver.render import FORMATS, STREAM_FORMATS, table, write_document, write_rows
+from archiver.reports import Result, Window, export as exporting, ledger, open_at, stats, story, window as windows
 from archiver.store import make_engine
 from archiver.sync import CycleResult, sync_accounts
 
@@ -29,6 +31,8 @@ class App:
 
     config_file: Path | None
     _settings: Settings | None = field(default=None, repr=False)
+    # One "now" per command, so that --since 24h and --until now agree to the microsecond.
+    now: datetime = field(default_factory=timeparse.utcnow)
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -38,6 +42,12 @@ class App:
 
     def engine(self) -> Engine:
         return make_engine(self.settings().database_url.get_secret_value())
+
+    def archive(self) -> Engine:
+        """The engine of a database that must already be at the current schema."""
+        engine = self.engine()
+        migrate.require_current(engine)
+        return engine
 
 
 pass_app = click.make_pass_decorator(App)
@@ -233,6 +243,199 @@ def demo(cycles: int, interval: float, database: str, seed: int) -> int:
     return 0
 
 
+class TimeParam(click.ParamType):
+    """An ISO-8601 instant or an age such as 24h; a bad one stops the command with one line (exit 2)."""
+
+    name = "time"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        app = ctx.find_object(App) if ctx is not None else None
+        try:
+            return timeparse.parse_time(str(value), app.now if app else timeparse.utcnow())
+        except InputError as exc:
+            raise InputError(f"{_param_name(param)}: {exc}") from None
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    if isinstance(param, click.Option):
+        return param.opts[0]
+    return param.human_readable_name if param is not None else "time"
+
+
+TIME = TimeParam()
+account_option = click.option("--account", help="Only this account (32 hex digits).")
+since_option = click.option("--since", type=TIME, required=True, help="Window start: ISO-8601 (UTC unless zoned) or an age such as 24h, 7d.")
+until_option = click.option("--until", type=TIME, default="now", show_default=True, help="Window end (exclusive), same forms as --since.")
+
+
+def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") -> object:
+    return click.option("--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help="Output format.")
+
+
+def _show(result: Result, fmt: str) -> int:
+    out = click.get_text_stream("stdout")
+    write_rows(out, fmt, result.columns, result.rows)
+    if fmt == "table":
+        for note in result.notes:
+            click.echo(note)
+    return 0
+
+
+@cli.group()
+def report() -> None:
+    """Audit reports: who was open when, why sessions closed, how long they lasted, what the cycles did."""
+
+
+@report.command("active-at")
+@click.argument("when", metavar="TIME", type=TIME)
+@account_option
+@format_option()
+@pass_app
+def report_active_at(app: App, when: datetime, account: str | None, fmt: str) -> int:
+    """Sessions open at TIME; "maybe" where the end is only known to lie between last seen and vanished."""
+    with app.archive().connect() as conn:
+        return _show(open_at.open_at(conn, when, account=account), fmt)
+
+
+@report.command("sessions")
+@since_option
+@until_option
+@click.option("--reason", help="Only sessions with this close reason (as stored: NormalClosure, 1000, ...).")
+@click.option("--status", type=click.Choice(["active", "closed", "vanished", "gone"]), help="Only sessions in this status.")
+@account_option
+@format_option()
+@pass_app
+def report_sessions(app: App, since: datetime, until: datetime, reason: str | None, status: str | None,
+                    account: str | None, fmt: str) -> int:
+    """Sessions that started or ended in the window."""
+    with app.archive().connect() as conn:
+        return _show(windows.sessions_in(conn, Window(since, until), account=account, reason=reason, status=status), fmt)
+
+
+@report.command("reasons")
+@since_option
+@until_option
+@click.option("--by", type=click.Choice(["hour", "day"]), help="Count per UTC hour or day.")
+@account_option
+@format_option()
+@pass_app
+def report_reasons(app: App, since: datetime, until: datetime, by: str | None, account: str | None, fmt: str) -> int:
+    """Close reasons of the sessions that ended in the window, counted, with their texts."""
+    with app.archive().connect() as conn:
+        return _show(stats.close_reasons(conn, Window(since, until), by=by, account=account), fmt)
+
+
+@report.command("durations")
+@since_option
+@until_option
+@account_option
+@format_option()
+@pass_app
+def report_durations(app: App, since: datetime, until: datetime, account: str | None, fmt: str) -> int:
+    """Count, p50, p90, p99, max and mean of session and connection durations (sessions ended in the window)."""
+    with app.archive().connect() as conn:
+        return _show(stats.durations(conn, Window(since, until), account=account), fmt)
+
+
+@report.command("session")
+@click.argument("session_id", metavar="ID")
+@account_option
+@format_option()
+@pass_app
+def report_session(app: App, session_id: str, account: str | None, fmt: str) -> int:
+    """One session's whole story: every version, the cycles that saw it, first and last seen, vanished, gone."""
+    with app.archive().connect() as conn:
+        stories = story.session_story(conn, session_id, account=account)
+    if fmt == "json":
+        write_document(click.get_text_stream("stdout"),
+                       [{"session": st.session, "cycles": st.cycles, "events": st.events.dicts()} for st in stories])
+        return 0
+    for number, st in enumerate(stories):
+        if fmt == "table":
+            click.echo(("\n" if number else "") + table(["field", "value"], st.session.items()))
+            click.echo("\n" + table(["cycles", "value"], st.cycles.items()) + "\n")
+        _show(st.events, fmt)
+    return 0
+
+
+@report.command("runs")
+@since_option
+@click.option("--until", type=TIME, help="Only cycles that started before this.")
+@click.option("--each", is_flag=True, help="List every cycle instead of a summary per account.")
+@account_option
+@format_option()
+@pass_app
+def report_runs(app: App, since: datetime, until: datetime | None, each: bool, account: str | None, fmt: str) -> int:
+    """The ledger: cycles, outcomes, listing completeness, API requests, 429s and errors."""
+    query = ledger.runs if each else ledger.runs_summary
+    if until is not None:
+        Window(since, until)  # rejects an empty range
+    with app.archive().connect() as conn:
+        return _show(query(conn, since, until=until, account=account), fmt)
+
+
+@cli.command()
+@since_option
+@until_option
+@click.option("--table", "what", type=click.Choice(exporting.TABLES), default="sessions", show_default=True,
+              help="sessions (started or ended in the window), versions (observed in it) or runs (started in it).")
+@account_option
+@format_option(STREAM_FORMATS, "jsonl")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@pass_app
+def export(app: App, since: datetime, until: datetime, what: str, account: str | None, fmt: str,
+           output: Path | None) -> int:
+    """Stream archive rows of a window as CSV or JSON Lines, in constant memory."""
+    window = Window(since, until)
+    with app.archive().connect() as conn:
+        columns, rows = exporting.export_rows(conn, what, window, account=account)
+        if output is None:
+            count = write_rows(click.get_text_stream("stdout"), fmt, columns, rows)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as out:
+                count = write_rows(out, fmt, columns, rows)
+    click.echo(f"exported {count} {what} rows", err=True)
+    return 0
+
+
+@cli.command()
+@since_option
+@until_option
+@account_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The HTML file to write.")
+@pass_app
+def timeline(app: App, since: datetime, until: datetime, account: str | None, output: Path) -> int:
+    """Draw the sessions of a window as a self-contained HTML page (bars by close reason, concurrency beneath)."""
+    from archiver.timeline import build_timeline
+
+    window = Window(since, until)
+    with app.archive().connect() as conn:
+        page, count = build_timeline(conn, window, account=account)
+    output.write_text(page, encoding="utf-8")
+    click.echo(f"wrote {output} ({count} sessions)")
+    return 0
+
+
+@cli.command()
+@click.option("--older-than", "age", required=True, help="Delete history older than this age: 180d, 12w, 36h.")
+@click.option("--include-sessions", is_flag=True, help="Also delete sessions that ended before the cutoff (never active ones).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=retention.DEFAULT_BATCH, show_default=True,
+              help="Rows deleted per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@pass_app
+def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: bool) -> int:
+    """Delete old versions, ledger rows and rejected records (and, if asked, ended sessions) in batches."""
+    cutoff = app.now - timeparse.parse_age(age)
+    counts = retention.prune(app.archive(), cutoff, include_sessions=include_sessions, batch_size=batch_size,
+                             dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
+    click.echo(table(["rows", verb], counts.items()))
+    return 0
+
+
 def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
     if auto_migrate:
         migrate.upgrade(engine)
@@ -261,7 +464,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except ConfigError as exc:
+    except (ConfigError, InputError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except ArchiverError as exc:

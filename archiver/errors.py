@@ -15,6 +15,10 @@ class ConfigError(ArchiverError):
     """A setting is missing or invalid; the operator must fix it before anything runs."""
 
 
+class InputError(ArchiverError):
+    """A value given on the command line cannot be used (a time, an age, an id); nothing was done."""
+
+
 class FatalError(ArchiverError):
     """Retrying will not help (bad credentials, a malformed request): stop and report."""
 

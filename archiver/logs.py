@@ -67,3 +67,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     # APScheduler narrates every run at INFO; its warnings (skipped, missed runs) still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Alembic describes its database connection each time a command checks the schema revision.
+    logging.getLogger("alembic.runtime.migration").addFilter(_quiet_alembic_context)
+
+
+def _quiet_alembic_context(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Context impl", "Will assume"))

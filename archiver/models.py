@@ -106,7 +106,12 @@ class BrowserSession(SessionFields, Base):
         Index("ix_browser_sessions_account_status", "account_id", "status"),
         Index("ix_browser_sessions_account_detail_due", "account_id", "detail_due"),
         Index("ix_browser_sessions_start_time", "start_time"),
-        Index("ix_browser_sessions_end_time", "end_time"),
+        # Reports over a window or a moment: "ended after T and started before it" is answered
+        # from this index alone, without visiting the rows that fail it.
+        Index("ix_browser_sessions_end_time", "end_time", "start_time"),
+        Index("ix_browser_sessions_vanished_at", "vanished_at"),
+        # `archiver report session ID` without an account.
+        Index("ix_browser_sessions_session_id", "session_id"),
     )
 
 
@@ -162,6 +167,8 @@ class SyncRun(Base):
         Index("ix_sync_runs_account_started", "account_id", "started_at"),
         # Finding a dead worker's 'running' rows must not scan a ledger that grows every cycle.
         Index("ix_sync_runs_account_outcome", "account_id", "outcome"),
+        # The ledger report and retention read cycles by time across accounts.
+        Index("ix_sync_runs_started_at", "started_at"),
     )
 
 

@@ -1,10 +1,14 @@
-"""Plain-text tables for the terminal: no colour, stable columns, easy to paste into a ticket."""
+"""Output formats in one place: plain-text tables for the terminal (no colour, stable columns, easy
+to paste into a ticket), and CSV, JSON and JSON Lines for programs, written row by row."""
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, TextIO
 
 
 def cell(value: Any) -> str:
@@ -27,3 +31,71 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in text_rows)
     return "\n".join(lines)
+
+
+FORMATS = ("table", "csv", "json", "jsonl")
+STREAM_FORMATS = ("csv", "jsonl")
+
+
+def json_value(value: Any) -> Any:
+    """A value JSON can hold: ISO-8601 for times, floats for decimals, the rest as it is."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def csv_value(value: Any) -> Any:
+    """A CSV cell: ISO-8601 for times, JSON for documents, empty for NULL."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def write_rows(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Write rows in one of FORMATS as they come (all at once only for ``table``); return how many."""
+    if fmt == "table":
+        materialised = list(rows)
+        out.write(table(columns, materialised) + "\n")
+        return len(materialised)
+    if fmt == "csv":
+        return _write_csv(out, columns, rows)
+    if fmt in ("json", "jsonl"):
+        return _write_json(out, columns, rows, lines=fmt == "jsonl")
+    raise ValueError(f"unknown output format {fmt!r}")
+
+
+def _write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([csv_value(v) for v in row])
+        count += 1
+    return count
+
+
+def _write_json(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, lines: bool) -> int:
+    count = 0
+    if not lines:
+        out.write("[")
+    for row in rows:
+        document = json.dumps(
+            {name: json_value(v) for name, v in zip(columns, row, strict=True)}, ensure_ascii=False, default=str
+        )
+        if lines:
+            out.write(document + "\n")
+        else:
+            out.write(("\n" if count == 0 else ",\n") + document)
+        count += 1
+    if not lines:
+        out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def write_document(out: TextIO, document: Any) -> None:
+    """One JSON document, times as ISO-8601."""
+    out.write(json.dumps(document, ensure_ascii=False, indent=2, default=json_value) + "\n")
