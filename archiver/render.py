@@ -86,6 +86,8 @@ def _write_json(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any
         document = json.dumps(
             {name: json_value(v) for name, v in zip(columns, row, strict=True)}, ensure_ascii=False, default=str
         )
+        # Valid JSON may hold raw line and paragraph separators, but line-based tools split on them.
+        document = document.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         if lines:
             out.write(document + "\n")
         else:

@@ -35,10 +35,10 @@ def parse_time(text: str, now: datetime) -> datetime:
     """An aware UTC instant from ISO-8601, ``now``, or an age counted back from ``now``."""
     stripped = text.strip()
     if stripped.lower() == "now":
-        return now
+        return now.astimezone(UTC)
     if AGE_PATTERN.match(stripped):
         try:
-            return now - parse_age(stripped)
+            return (now - parse_age(stripped)).astimezone(UTC)
         except OverflowError:
             raise InputError(f"{text!r} reaches back before the year 1") from None
     try:

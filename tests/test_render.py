@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from archiver.render import cell, table
+from archiver.render import cell, table, write_rows
 
 CELL_CASES = [
     (None, "-"),
@@ -110,3 +114,59 @@ def test_table_has_no_trailing_spaces() -> None:
 def test_table_rejects_rows_of_the_wrong_width(row: list[str]) -> None:
     with pytest.raises(ValueError):
         table(["a", "b"], [row])
+
+
+ROWS = [
+    ("s1", datetime(2026, 11, 1, 14, 2, 0, 500000, tzinfo=UTC), None, 1.25, Decimal("2.5"), {"a": [1, "é"]}),
+    ("s,2 \"q\"\nline", None, True, 0, None, None),
+]
+COLUMNS = ["id", "at", "flag", "seconds", "exact", "doc"]
+
+
+def test_write_rows_csv() -> None:
+    out = io.StringIO()
+    assert write_rows(out, "csv", COLUMNS, iter(ROWS)) == 2
+    parsed = list(csv.reader(io.StringIO(out.getvalue())))
+    assert parsed == [
+        COLUMNS,
+        ["s1", "2026-11-01T14:02:00.500000+00:00", "", "1.25", "2.5", '{"a":[1,"é"]}'],
+        ['s,2 "q"\nline', "", "True", "0", "", ""],
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_write_rows_json_and_jsonl(fmt: str) -> None:
+    out = io.StringIO()
+    assert write_rows(out, fmt, COLUMNS, iter(ROWS)) == 2
+    text = out.getvalue()
+    documents = json.loads(text) if fmt == "json" else [json.loads(line) for line in text.splitlines()]
+    assert documents == [
+        {"id": "s1", "at": "2026-11-01T14:02:00.500000+00:00", "flag": None, "seconds": 1.25, "exact": 2.5,
+         "doc": {"a": [1, "é"]}},
+        {"id": 's,2 "q"\nline', "at": None, "flag": True, "seconds": 0, "exact": None, "doc": None},
+    ]
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [("json", "[]\n"), ("jsonl", ""), ("csv", "a,b\n"), ("table", "a  b\n-  -\n")])
+def test_write_rows_without_rows(fmt: str, expected: str) -> None:
+    out = io.StringIO()
+    assert write_rows(out, fmt, ["a", "b"], []) == 0
+    assert out.getvalue() == expected
+
+
+def test_write_rows_streams_csv_and_jsonl() -> None:
+    seen: list[int] = []
+    out = io.StringIO()
+
+    def rows() -> Iterator[tuple[int]]:
+        for n in range(3):
+            seen.append(len(out.getvalue().splitlines()))  # lines written before this row was asked for
+            yield (n,)
+
+    write_rows(out, "jsonl", ["n"], rows())
+    assert seen == [0, 1, 2]
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown output format"):
+        write_rows(io.StringIO(), "xml", ["a"], [])
