@@ -1,0 +1,248 @@
+"""Benchmark: every report, the timeline and the export over an archive of a million sessions.
+
+    python -m bench.reports_bench                     # 1,000,000 sessions on SQLite and PostgreSQL
+    python -m bench.reports_bench --sessions 100000 --backends sqlite
+
+Builds the archive once as files (bench/synthetic_archive.py), bulk-loads it into a fresh SQLite
+file and a throwaway PostgreSQL schema (dropped afterwards), times each report (the first run and
+the median of the next ones) and exports through the real command in a subprocess, whose peak
+memory is measured. Writes the figures to bench/RESULTS-reports.md. Target: every report within 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from archiver import migrate
+from archiver.reports import Window, ledger, open_at, stats, story
+from archiver.reports.window import sessions_in
+from archiver.store import make_engine
+from archiver.timeline import build_timeline
+from bench.synthetic_archive import Shape, generate, load
+
+END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
+DAY = Window(END - timedelta(days=1), END)
+TARGET_SECONDS = 1.0
+RESULTS = Path(__file__).with_name("RESULTS-reports.md")
+DEFAULT_POSTGRES = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class Timing:
+    name: str
+    first: float
+    median: float
+    rows: int
+
+    @property
+    def met(self) -> bool:
+        return max(self.first, self.median) <= TARGET_SECONDS
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    load_seconds: float
+    timings: list[Timing] = field(default_factory=list)
+    exports: list[tuple[str, int, float, float]] = field(default_factory=list)  # (window, rows, seconds, peak MiB)
+
+
+def reports(days: float, middle_session: str) -> list[tuple[str, Callable[[Connection], Any]]]:
+    """The reports to time: (what a person would type, the call)."""
+    middle = END - timedelta(days=days / 2)
+    return [
+        ("report active-at (1 hour ago)", lambda c: open_at.open_at(c, END - timedelta(hours=1))),
+        (f"report active-at ({days / 2:g} days ago)", lambda c: open_at.open_at(c, middle)),
+        ("report sessions --since 24h", lambda c: sessions_in(c, DAY)),
+        ("report sessions --since 24h --reason BrowserIdle", lambda c: sessions_in(c, DAY, reason="BrowserIdle")),
+        ("report reasons --since 24h", lambda c: stats.close_reasons(c, DAY)),
+        ("report reasons --since 24h --by hour", lambda c: stats.close_reasons(c, DAY, by="hour")),
+        ("report durations --since 24h", lambda c: stats.durations(c, DAY)),
+        ("report session ID", lambda c: story.session_story(c, middle_session)),
+        ("report runs --since 24h", lambda c: ledger.runs_summary(c, DAY.since)),
+        ("report runs --since 24h --each", lambda c: ledger.runs(c, DAY.since)),
+        ("timeline --since 24h", lambda c: build_timeline(c, DAY)),
+    ]
+
+
+def rows_of(answer: Any) -> int:
+    if isinstance(answer, tuple):
+        return answer[1]  # the timeline: (html, sessions)
+    if isinstance(answer, list):
+        return sum(len(s.events.rows) for s in answer)
+    return len(answer.rows)
+
+
+def time_reports(engine: Engine, days: float, repeat: int) -> list[Timing]:
+    with engine.connect() as conn:
+        middle_session = conn.scalar(text(
+            "SELECT session_id FROM browser_sessions WHERE start_time >= :t ORDER BY start_time LIMIT 1"),
+            {"t": (END - timedelta(days=days / 2)).strftime("%Y-%m-%d %H:%M:%S")
+             + ("+00" if engine.dialect.name == "postgresql" else "")})
+        timings = []
+        for name, call in reports(days, middle_session):
+            runs = []
+            for _ in range(repeat + 1):
+                started = time.perf_counter()
+                answer = call(conn)
+                runs.append(time.perf_counter() - started)
+            timings.append(Timing(name, runs[0], statistics.median(runs[1:]), rows_of(answer)))
+            print(f"  {name:50} first {runs[0]:.3f}s  median {timings[-1].median:.3f}s  rows {timings[-1].rows}", flush=True)
+    return timings
+
+
+def time_export(url: str, window: Window, label: str) -> tuple[str, int, float, float]:
+    """Run `archiver export` in a subprocess to /dev/null; its rows, seconds and peak RSS (MiB)."""
+    env = {**os.environ, "ARCHIVER_DATABASE_URL": url, "ARCHIVER_LOG_LEVEL": "WARNING"}
+    args = [sys.executable, "-m", "archiver", "export", "--since", window.since.isoformat(), "--until",
+            window.until.isoformat(), "--format", "csv", "-o", os.devnull]
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _pid, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read() if process.stderr else ""
+    if status != 0:
+        raise RuntimeError(f"export failed: {stderr}")
+    rows = int(stderr.split()[1])  # "exported N sessions rows"
+    peak_mib = usage.ru_maxrss / 1024  # Linux reports kilobytes
+    print(f"  export {label:42} {rows} rows in {seconds:.1f}s, peak RSS {peak_mib:.0f} MiB", flush=True)
+    return label, rows, seconds, peak_mib
+
+
+@contextmanager
+def sqlite_archive(folder: Path) -> Iterator[str]:
+    yield f"sqlite:///{folder / 'bench.db'}"
+
+
+@contextmanager
+def postgres_archive(base_url: str) -> Iterator[str]:
+    """A throwaway schema, dropped afterwards."""
+    schema = f"archiver_bench_{secrets.token_hex(4)}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def run_backend(backend: str, url: str, data: Path, days: float, repeat: int) -> BackendResult:
+    print(f"{backend}: loading", flush=True)
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        result = BackendResult(backend, load(engine, data))
+        print(f"{backend}: loaded in {result.load_seconds:.1f}s", flush=True)
+        result.timings = time_reports(engine, days, repeat)
+    finally:
+        engine.dispose()
+    everything = Window(END - timedelta(days=days + 1), END + timedelta(days=1))
+    result.exports = [time_export(url, Window(END - timedelta(days=days / 10), END), f"sessions, last {days / 10:g} days"),
+                      time_export(url, everything, "sessions, whole archive")]
+    return result
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((int(line.split()[1]) // 1024 // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0)
+    return (f"{cpu}, {os.cpu_count()} cores, {memory} GiB; Linux {platform.release()}; Python "
+            f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+
+
+def write_results(results: list[BackendResult], counts: dict[str, int], generate_seconds: float, command: str,
+                  postgres_version: str | None) -> None:
+    names = [t.name for t in results[0].timings]
+    header = "| report | " + " | ".join(f"{r.backend} first | {r.backend} median" for r in results) + " | within 1 s |"
+    lines = [
+        "# Reports benchmark",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}" + (f"; {postgres_version}" if postgres_version else "") + ".",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Archive: {counts['browser_sessions']:,} sessions over the 90 days up to {END:%Y-%m-%d %H:%M} UTC, "
+        f"{counts['browser_session_versions']:,} versions, {counts['sync_runs']:,} ledger rows (two accounts, one "
+        f"cycle each every 30 s). Generated in {generate_seconds:.0f} s; loaded in "
+        + ", ".join(f"{r.load_seconds:.0f} s ({r.backend})" for r in results) + ".",
+        "",
+        "Each report ran once cold (first) and then several times (median), in-process over one connection; "
+        "times include fetching every row and building the answer. \"24h\" is the last day of the archive.",
+        "",
+        header,
+        "|" + "---|" * (2 + 2 * len(results)),
+    ]
+    for i, name in enumerate(names):
+        cells = " | ".join(f"{r.timings[i].first:.3f} s | {r.timings[i].median:.3f} s" for r in results)
+        met = all(r.timings[i].met for r in results)
+        lines.append(f"| `{name}` ({results[0].timings[i].rows:,} rows) | {cells} | {'yes' if met else '**no**'} |")
+    lines += ["", "Export (`archiver export --format csv -o /dev/null`, a subprocess; peak RSS of that process):", "",
+              "| backend | window | rows | seconds | rows/s | peak RSS |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for label, rows, seconds, peak in r.exports:
+            lines.append(f"| {r.backend} | {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {peak:.0f} MiB |")
+    all_met = all(t.met for r in results for t in r.timings)
+    lines += ["", f"Target (every report within 1 s on each backend): {'met' if all_met else 'NOT met'}.", ""]
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--days", type=float, default=90.0)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
+    parser.add_argument("--repeat", type=int, default=5, help="Warm runs per report (the median is reported).")
+    parser.add_argument("--no-write", action="store_true", help="Print the figures; leave RESULTS-reports.md alone.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="archiver-bench-") as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        counts = generate(Shape(args.sessions, END, args.days), folder)
+        generate_seconds = time.perf_counter() - started
+        print(f"generated {counts} in {generate_seconds:.1f}s", flush=True)
+        results, postgres_version = [], None
+        for backend in args.backends.split(","):
+            if backend == "sqlite":
+                with sqlite_archive(folder) as url:
+                    results.append(run_backend("SQLite", url, folder, args.days, args.repeat))
+            elif backend == "postgresql":
+                with postgres_archive(args.postgres_url) as url:
+                    engine = create_engine(url)
+                    with engine.connect() as conn:
+                        postgres_version = str(conn.scalar(text("SHOW server_version"))).split()[0]
+                        postgres_version = f"PostgreSQL {postgres_version}"
+                    engine.dispose()
+                    results.append(run_backend("PostgreSQL", url, folder, args.days, args.repeat))
+            else:
+                raise SystemExit(f"unknown backend {backend!r}: use sqlite and/or postgresql")
+    if not args.no_write:
+        command = "python -m bench.reports_bench " + " ".join(sys.argv[1:])
+        write_results(results, counts, generate_seconds, command.strip(), postgres_version)
+
+
+if __name__ == "__main__":
+    main()
