@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
 
-from archiver import __version__, migrate, prune as retention, reports, timeparse
+from archiver import __version__, migrate, reports, timeparse
+from archiver import prune as retention
 from archiver.config import Settings, load_settings
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
 from archiver.render import FORMATS, STREAM_FORMATS, table, write_document, write_rows
-from archiver.reports import Result, Window, export as exporting, ledger, open_at, stats, story, window as windows
+from archiver.reports import Result, Window, ledger, open_at, stats, story
+from archiver.reports import export as exporting
+from archiver.reports import window as windows
 from archiver.store import make_engine
 from archiver.sync import CycleResult, sync_accounts
 
@@ -265,18 +270,20 @@ def _param_name(param: click.Parameter | None) -> str:
 
 
 TIME = TimeParam()
+F = TypeVar("F", bound=Callable[..., Any])
 account_option = click.option("--account", help="Only this account (32 hex digits).")
 since_option = click.option("--since", type=TIME, required=True, help="Window start: ISO-8601 (UTC unless zoned) or an age such as 24h, 7d.")
 until_option = click.option("--until", type=TIME, default="now", show_default=True, help="Window end (exclusive), same forms as --since.")
 
 
-def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") -> object:
+def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") -> Callable[[F], F]:
     return click.option("--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help="Output format.")
 
 
 def _show(result: Result, fmt: str) -> int:
-    out = click.get_text_stream("stdout")
-    write_rows(out, fmt, result.columns, result.rows)
+    out = sys.stdout
+    shown = result.narrowed() if fmt == "table" else result
+    write_rows(out, fmt, shown.columns, shown.rows)
     if fmt == "table":
         for note in result.notes:
             click.echo(note)
@@ -349,7 +356,7 @@ def report_session(app: App, session_id: str, account: str | None, fmt: str) -> 
     with app.archive().connect() as conn:
         stories = story.session_story(conn, session_id, account=account)
     if fmt == "json":
-        write_document(click.get_text_stream("stdout"),
+        write_document(sys.stdout,
                        [{"session": st.session, "cycles": st.cycles, "events": st.events.dicts()} for st in stories])
         return 0
     for number, st in enumerate(stories):
@@ -392,7 +399,7 @@ def export(app: App, since: datetime, until: datetime, what: str, account: str |
     with app.archive().connect() as conn:
         columns, rows = exporting.export_rows(conn, what, window, account=account)
         if output is None:
-            count = write_rows(click.get_text_stream("stdout"), fmt, columns, rows)
+            count = write_rows(sys.stdout, fmt, columns, rows)
         else:
             with output.open("w", encoding="utf-8", newline="") as out:
                 count = write_rows(out, fmt, columns, rows)

@@ -109,7 +109,8 @@ class BrowserSession(SessionFields, Base):
         # Reports over a window or a moment: "ended after T and started before it" is answered
         # from this index alone, without visiting the rows that fail it.
         Index("ix_browser_sessions_end_time", "end_time", "start_time"),
-        Index("ix_browser_sessions_vanished_at", "vanished_at"),
+        # Sessions whose end is unknown, by when they vanished (or that never did: still active).
+        Index("ix_browser_sessions_vanished_at", "vanished_at", "end_time"),
         # `archiver report session ID` without an account.
         Index("ix_browser_sessions_session_id", "session_id"),
     )

@@ -81,7 +81,7 @@ def _delete_in_batches(engine: Engine, target: Target, cutoff: datetime, batch_s
             n = _delete_batch(conn, target, cutoff, batch_size)
         deleted += n
         if n:
-            log.info("pruned %d %s (%d so far)", n, target.name, deleted)
+            log.debug("pruned %d %s (%d so far)", n, target.name, deleted)
         if n < batch_size:
             return deleted
 
@@ -90,7 +90,7 @@ def _delete_batch(conn: Connection, target: Target, cutoff: datetime, batch_size
     # Keys first, then delete by key: MariaDB cannot DELETE with a LIMITed subquery, and a
     # bounded batch keeps every transaction (and its locks) short.
     key_columns = [target.table.c[name] for name in target.key]
-    keys: list[Any] = conn.execute(select(*key_columns).where(target.old(cutoff)).limit(batch_size)).all()
+    keys = list(conn.execute(select(*key_columns).where(target.old(cutoff)).limit(batch_size)).all())
     if not keys:
         return 0
     if target is SESSIONS:
@@ -100,7 +100,7 @@ def _delete_batch(conn: Connection, target: Target, cutoff: datetime, batch_size
     return len(keys)
 
 
-def _delete_sessions(conn: Connection, keys: list[Any]) -> None:
+def _delete_sessions(conn: Connection, keys: list[Any]) -> None:  # rows of (account_id, session_id)
     """Sessions and every version of them, one account at a time (so each delete uses its index)."""
     by_account: dict[str, list[str]] = {}
     for account_id, session_id in keys:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, or_, select, union_all
 
 from archiver.errors import InputError
 from archiver.models import ACTIVE, STATUSES
-from archiver.reports.window import Window, account_filter, where_all
+from archiver.reports.window import Window, account_filter, still_open_after, where_all
 from archiver.store import sessions_table
 
 s = sessions_table.c
@@ -52,13 +52,8 @@ def load_spans(conn: Connection, window: Window, *, account: str | None = None) 
     columns = (s.session_id, s.account_id, s.status, s.start_time, s.end_time, s.first_seen_at, s.last_seen_at,
                s.vanished_at, s.gone_at, s.close_reason, s.close_reason_text)
     started = or_(start < window.until, and_(start.is_(None), s.first_seen_at < window.until))
-    ended_inside = select(*columns).where(s.end_time >= window.since, started)
-    unknown = select(*columns).where(
-        s.end_time.is_(None), started,
-        or_(s.status == ACTIVE, s.vanished_at >= window.since,
-            and_(s.vanished_at.is_(None), or_(s.gone_at.is_(None), s.gone_at >= window.since))),
-    )
-    stmt = union_all(where_all(ended_inside, account_filter(account)), where_all(unknown, account_filter(account)))
+    branches = [select(*columns).where(started, *conditions) for conditions in still_open_after(window.since)]
+    stmt = union_all(*(where_all(branch, account_filter(account)) for branch in branches))
     rows = conn.execute(stmt.limit(MAX_SESSIONS + 1)).mappings().all()
     if len(rows) > MAX_SESSIONS:
         raise InputError(f"more than {MAX_SESSIONS} sessions in the window: choose a shorter one (or one --account)")

@@ -76,7 +76,7 @@ def stamp(epoch: float) -> str:
 def _arrivals(shape: Shape, rng: random.Random) -> list[float]:
     """Start times (epoch seconds), busier by day than by night, sorted."""
     span = shape.days * 86400
-    starts = []
+    starts: list[float] = []
     while len(starts) < shape.sessions:
         t = shape.start_s + rng.random() * span
         if rng.random() < 0.55 + 0.45 * math.sin(((t / 3600) % 24 - 8) / 24 * 2 * math.pi):
@@ -115,9 +115,15 @@ def _session(n: int, start: float, shape: Shape, rng: random.Random) -> tuple[li
     connected = rng.random() < 0.9
     margin = min(0.5, life / 10)
     end_of_archive = shape.end.timestamp()
-    end = start + life
-    status, vanished, gone, detail = "closed", end + rng.random() * POLL_SECONDS, None, None
+    end: float | None = start + life
+    assert end is not None
+    status = "closed"
+    vanished: float | None = end + rng.random() * POLL_SECONDS
+    gone: float | None = None
+    detail: float | None = None
     last_seen = max(first_seen, end - rng.random() * POLL_SECONDS)
+    reason: str | None
+    text: str | None
     reason, text = rng.choices(REASONS, weights=REASON_WEIGHTS)[0]
     if end >= end_of_archive:
         status, end, vanished, last_seen, reason, text = "active", None, None, end_of_archive, None, None
@@ -125,7 +131,7 @@ def _session(n: int, start: float, shape: Shape, rng: random.Random) -> tuple[li
         fate = rng.random()
         if fate < 0.035:
             status, reason, text = ("gone" if fate < 0.03 else "vanished"), None, None
-            gone = vanished + 1 if status == "gone" else None
+            gone = vanished + 1 if status == "gone" and vanished is not None else None
             end = None
         else:
             detail = vanished
@@ -139,10 +145,10 @@ def _session(n: int, start: float, shape: Shape, rng: random.Random) -> tuple[li
     lifecycle = [stamp(start), NULL, value(start + margin if connected else None), NULL, f"c{n}" if connected else NULL,
                  NULL, NULL, raw]
     versions = [[*shared, stamp(first_seen), "list", "active", *lifecycle]]
-    if status != "active":
+    if vanished is not None:
         versions.append([*shared, stamp(vanished), "archiver", "vanished", *lifecycle])
     if status in ("closed", "gone"):
-        final = [*shared, stamp(gone or detail), "detail", status, stamp(start), value(end), *fields[11:14],
+        final = [*shared, value(gone or detail), "detail", status, stamp(start), value(end), *fields[11:14],
                  reason or NULL, text or NULL, raw]
         versions.append(final)
     return fields, versions

@@ -3,17 +3,13 @@ edges, ends known and unknown, a session without a start time, two accounts, and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 
-from archiver import migrate, store
+from archiver import store
 from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
-from archiver.store import make_engine
-from tests.conftest import BACKENDS, _fresh_mariadb, _fresh_postgres
 
 A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -100,7 +96,7 @@ def versions() -> list[dict[str, Any]]:
 def runs() -> list[dict[str, Any]]:
     """Cycles every 10 minutes from T0-2h to T0+2h for account A; one failed, one throttled."""
     rows = []
-    for index, minute in enumerate(range(-120, 121, 10)):
+    for minute in range(-120, 121, 10):
         outcome, error, throttled = "ok", None, 0
         if minute == 20:
             outcome, error = "partial", "listing incomplete: page 2 failed"
@@ -125,20 +121,3 @@ def build(engine: Engine) -> None:
         store.upsert(conn, store.sessions_table, list(SESSIONS.values()), store.SESSION_KEY)
         store.insert_rows(conn, store.versions_table, versions())
         store.insert_rows(conn, store.runs_table, runs())
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """The known archive, built once per backend (the reports only read it)."""
-    if request.param == "sqlite":
-        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('reports') / 'archive.db'}"])
-    else:
-        urls = _fresh_postgres() if request.param == "postgresql" else _fresh_mariadb()
-    url = next(urls)
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    build(engine)
-    yield engine
-    engine.dispose()
-    for _ in urls:  # runs the generator's clean-up (drops the schema or database)
-        pass

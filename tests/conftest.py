@@ -89,3 +89,21 @@ def postgres_url() -> Iterator[str]:
 def mariadb_url() -> Iterator[str]:
     """A URL to an empty MariaDB database of its own, dropped after the test."""
     yield from _fresh_mariadb()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The archive of tests/archive_data.py (known answers), built once per backend and module; read only."""
+    from tests import archive_data
+
+    if request.param == "sqlite":
+        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('archive') / 'archive.db'}"])
+    else:
+        urls = _fresh_postgres() if request.param == "postgresql" else _fresh_mariadb()
+    engine = make_engine(next(urls))
+    migrate.upgrade(engine)
+    archive_data.build(engine)
+    yield engine
+    engine.dispose()
+    for _ in urls:  # finishes the generator: drops the schema or database
+        pass

@@ -15,7 +15,7 @@ from archiver.render import write_rows
 from archiver.reports import Window
 from archiver.reports import export as exporting
 from tests import archive_data as data
-from tests.archive_data import B, archive, m  # noqa: F401 - archive is a fixture
+from tests.archive_data import B, m
 
 WINDOW = Window(*data.WINDOW)
 SESSIONS_IN_WINDOW = {"active", "crossing-end", "crossing-start", "ended-at-since", "gone", "inside", "no-start",

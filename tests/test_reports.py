@@ -11,7 +11,7 @@ from archiver.errors import InputError
 from archiver.reports import Window, ledger, open_at, stats, story
 from archiver.reports.window import sessions_in
 from tests import archive_data as data
-from tests.archive_data import A, B, archive, m, names, sid  # noqa: F401 - archive is a fixture
+from tests.archive_data import A, B, m, names, sid
 
 WINDOW = Window(*data.WINDOW)
 

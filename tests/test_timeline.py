@@ -15,7 +15,7 @@ from archiver.reports import Window
 from archiver.store import sessions_table
 from archiver.timeline import build_timeline, load_spans, script_json
 from tests import archive_data as data
-from tests.archive_data import A, archive, m  # noqa: F401 - archive is a fixture
+from tests.archive_data import A, m
 
 WIDE = Window(m(-180), m(180))
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from tests.archive_data import A, B, archive, m, sid  # noqa: F401 - archive is a fixture
+from tests.archive_data import A, B, m, sid
 
 VIEWS = {"session_durations", "close_reasons_hourly", "concurrent_sessions_per_minute"}
 
@@ -62,7 +62,7 @@ Series = dict[tuple[str, datetime], tuple[int, int]]
 
 
 @pytest.fixture(scope="module")
-def series(archive: Engine) -> Series:  # noqa: F811 - archive is the imported fixture
+def series(archive: Engine) -> Series:
     """The whole concurrency view, read once per backend."""
     rows = query(archive, "SELECT minute, account_id, sessions, maybe_sessions FROM concurrent_sessions_per_minute")
     return {(r["account_id"], utc(r["minute"])): (int(r["sessions"]), int(r["maybe_sessions"])) for r in rows}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import ColumnElement, Connection, case, func, select
 
 from archiver.reports.result import Result, result
 from archiver.store import runs_table
@@ -21,8 +22,8 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _in_range(since: datetime, until: datetime | None, account: str | None) -> list[object]:
-    conditions: list[object] = [r.started_at >= since]
+def _in_range(since: datetime, until: datetime | None, account: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [r.started_at >= since]
     if until is not None:
         conditions.append(r.started_at < until)
     if account is not None:
@@ -36,7 +37,7 @@ def runs(conn: Connection, since: datetime, *, until: datetime | None = None, ac
     return result(RUN_COLUMNS, conn.execute(stmt).all())
 
 
-def _count(condition: object) -> object:
+def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.sum(case((condition, 1), else_=0))
 
 

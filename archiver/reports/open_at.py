@@ -16,46 +16,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, or_, union_all
+from sqlalchemy import Connection, and_, or_, union_all
 
 from archiver.models import ACTIVE
 from archiver.render import cell
 from archiver.reports.result import Result, result
-from archiver.reports.window import SESSION_COLUMNS, account_filter, session_select, where_all
+from archiver.reports.window import SESSION_COLUMNS, account_filter, session_select, still_open_after, where_all
 from archiver.store import sessions_table
 
 s = sessions_table.c
 OPEN = "yes"
 MAYBE = "maybe"
 COLUMNS = ("open", "note", *SESSION_COLUMNS)
+BRIEF = ("open", "session_id", "status", "start_time", "end_time", "close_reason", "note")
 
 
 def open_at(conn: Connection, at: datetime, *, account: str | None = None) -> Result:
     """Sessions open at ``at``: ``open`` is "yes" or "maybe", with a note saying why not sure."""
     started = or_(s.start_time <= at, and_(s.start_time.is_(None), s.first_seen_at <= at))
-    # Two branches, each a range on the end_time index: ended after T, or end unknown.
-    ended_after = session_select().where(s.end_time > at, started)
-    end_unknown = session_select().where(
-        s.end_time.is_(None), started, _not_yet_known_gone(at)
-    )
-    stmt = union_all(
-        where_all(ended_after, account_filter(account)), where_all(end_unknown, account_filter(account))
-    )
+    branches = [session_select().where(started, *conditions) for conditions in still_open_after(at)]
+    stmt = union_all(*(where_all(branch, account_filter(account)) for branch in branches))
     rows = [r._mapping for r in conn.execute(stmt)]
     rows.sort(key=lambda r: (r["start_time"] or r["first_seen_at"], r["account_id"], r["session_id"]))
     answered = [(*classify(r, at), *(r[c] for c in SESSION_COLUMNS)) for r in rows]
     maybe = sum(1 for row in answered if row[0] == MAYBE)
     notes = [f"{len(answered) - maybe} open, {maybe} maybe open (end unknown) at {cell(at)} UTC"]
-    return result(COLUMNS, answered, notes)
-
-
-def _not_yet_known_gone(at: datetime) -> ColumnElement[bool]:
-    # Not open once a complete listing (vanished_at) or, lacking one, a 404 (gone_at) said it was gone.
-    return or_(
-        s.status == ACTIVE,
-        s.vanished_at > at,
-        and_(s.vanished_at.is_(None), or_(s.gone_at.is_(None), s.gone_at > at)),
-    )
+    return result(COLUMNS, answered, notes, BRIEF)
 
 
 def classify(row: Any, at: datetime) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select
 
@@ -25,6 +25,7 @@ SESSION_COLUMNS = (
     "account_id", "session_id", "status", "start_time", "end_time", "duration_seconds",
     "close_reason", "close_reason_text", "first_seen_at", "last_seen_at", "vanished_at", "gone_at",
 )
+BRIEF_COLUMNS = ("session_id", "status", "start_time", "end_time", "duration_seconds", "close_reason", "close_reason_text")
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,28 @@ def started_or_ended_in(window: Window) -> ColumnElement[bool]:
     )
 
 
+def still_open_after(when: datetime) -> list[tuple[ColumnElement[bool], ...]]:
+    """Conditions, one set per branch of a UNION, for sessions that may have been open after ``when``.
+
+    Each branch is a narrow range on one index: ended after it (end_time), end unknown but
+    vanished after it (vanished_at, end_time), end unknown and never vanished (the same index:
+    the active sessions, and the rare ones closed without an end or a vanish).
+    """
+    return [
+        (s.end_time > when,),
+        (s.vanished_at > when, s.end_time.is_(None)),
+        (s.vanished_at.is_(None), s.end_time.is_(None), or_(s.status == ACTIVE, s.gone_at.is_(None), s.gone_at > when)),
+    ]
+
+
 def account_filter(account: str | None) -> ColumnElement[bool] | None:
     return None if account is None else s.account_id == account
 
 
-def where_all(stmt: Select[Any], *conditions: ColumnElement[bool] | None) -> Select[Any]:
+S = TypeVar("S", bound=Select)  # type: ignore[type-arg]
+
+
+def where_all(stmt: S, *conditions: ColumnElement[bool] | None) -> S:
     """Add every condition that is not None."""
     for condition in conditions:
         if condition is not None:
@@ -96,4 +114,4 @@ def sessions_in(
         None if reason is None else s.close_reason == reason,
         None if check_status(status) is None else s.status == status,
     ).order_by(effective_start(), s.account_id, s.session_id)
-    return result(SESSION_COLUMNS, conn.execute(stmt).all())
+    return result(SESSION_COLUMNS, conn.execute(stmt).all(), brief=BRIEF_COLUMNS)
