@@ -7,12 +7,13 @@ This is the only module that prints or exits: errors become one line on stderr a
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from sqlalchemy import Engine
@@ -401,7 +402,7 @@ def export(app: App, since: datetime, until: datetime, what: str, account: str |
         if output is None:
             count = write_rows(sys.stdout, fmt, columns, rows)
         else:
-            with output.open("w", encoding="utf-8", newline="") as out:
+            with _open_output(output) as out:
                 count = write_rows(out, fmt, columns, rows)
     click.echo(f"exported {count} {what} rows", err=True)
     return 0
@@ -420,7 +421,8 @@ def timeline(app: App, since: datetime, until: datetime, account: str | None, ou
     window = Window(since, until)
     with app.archive().connect() as conn:
         page, count = build_timeline(conn, window, account=account)
-    output.write_text(page, encoding="utf-8")
+    with _open_output(output) as out:
+        out.write(page)
     click.echo(f"wrote {output} ({count} sessions)")
     return 0
 
@@ -441,6 +443,13 @@ def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: 
     click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
     click.echo(table(["rows", verb], counts.items()))
     return 0
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        return path.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
@@ -476,6 +485,11 @@ def main() -> None:
         sys.exit(2)
     except ArchiverError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        # The reader of a report (`| head`) has gone: stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from archiver import migrate
 from archiver.store import make_engine
+from bench.synthetic_archive import Shape, generate, load
 from tests import archive_data as data
 from tests.test_cli import run
 
@@ -95,8 +99,10 @@ def test_reasons_durations_runs_and_session(archive_env: tuple[dict[str, str], P
         (["export", "--since", "2026-02-30"], "error: --since: '2026-02-30' is not a time"),
         (["prune", "--older-than", "soon"], "error: 'soon' is not an age"),
         (["report", "session", "no-such-session"], "error: no session 'no-such-session' in the archive"),
+        (["timeline", "--since", "1h", "-o", "/nonexistent/t.html"], "error: cannot write /nonexistent/t.html"),
     ],
-    ids=["bad-time-argument", "bad-since", "empty-window", "impossible-date", "bad-age", "unknown-session"],
+    ids=["bad-time-argument", "bad-since", "empty-window", "impossible-date", "bad-age", "unknown-session",
+         "unwritable-output"],
 )
 def test_bad_input_exits_2_with_one_line(archive_env: tuple[dict[str, str], Path], args: list[str], message: str) -> None:
     env, cwd = archive_env
@@ -105,6 +111,27 @@ def test_bad_input_exits_2_with_one_line(archive_env: tuple[dict[str, str], Path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
     assert result.stdout == ""
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'big.db'}")
+    migrate.upgrade(engine)
+    generate(Shape(5000, data.T0, days=1), tmp_path)  # far more rows than a pipe holds
+    load(engine, tmp_path)
+    engine.dispose()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
+    with subprocess.Popen(
+        [sys.executable, "-m", "archiver", "export", "--since", "2026-11-01"],
+        env={**clean, "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'big.db'}"}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as export:
+        assert export.stdout is not None and export.stderr is not None
+        first = export.stdout.readline()
+        export.stdout.close()  # as `| head -1` does
+        stderr = export.stderr.read()
+        assert export.wait(timeout=60) == 1
+    assert json.loads(first)["session_id"]
+    assert stderr == ""  # no traceback, no complaint about the closed pipe
 
 
 def test_reports_need_a_migrated_archive(tmp_path: Path) -> None:
