@@ -106,11 +106,10 @@ class BrowserSession(SessionFields, Base):
         Index("ix_browser_sessions_account_status", "account_id", "status"),
         Index("ix_browser_sessions_account_detail_due", "account_id", "detail_due"),
         Index("ix_browser_sessions_start_time", "start_time"),
-        # Reports over a window or a moment: "ended after T and started before it" is answered
-        # from this index alone, without visiting the rows that fail it.
-        Index("ix_browser_sessions_end_time", "end_time", "start_time"),
-        # Sessions whose end is unknown, by when they vanished (or that never did: still active).
-        Index("ix_browser_sessions_vanished_at", "vanished_at", "end_time"),
+        # Reports over a window or a moment, in one index: "ended after T and started before it"
+        # (end_time, then start_time read from the index, not the rows), and the sessions whose end
+        # is unknown by when they vanished (end_time IS NULL, then a range on vanished_at).
+        Index("ix_browser_sessions_end_time", "end_time", "vanished_at", "start_time"),
         # `archiver report session ID` without an account.
         Index("ix_browser_sessions_session_id", "session_id"),
     )

@@ -62,14 +62,14 @@ def started_or_ended_in(window: Window) -> ColumnElement[bool]:
 def still_open_after(when: datetime) -> list[tuple[ColumnElement[bool], ...]]:
     """Conditions, one set per branch of a UNION, for sessions that may have been open after ``when``.
 
-    Each branch is a narrow range on one index: ended after it (end_time), end unknown but
-    vanished after it (vanished_at, end_time), end unknown and never vanished (the same index:
-    the active sessions, and the rare ones closed without an end or a vanish).
+    Each branch is a narrow range of the (end_time, vanished_at, start_time) index: ended after it;
+    end unknown but vanished after it; end unknown and never vanished (the active sessions, and
+    the rare ones closed without an end or a vanish).
     """
     return [
         (s.end_time > when,),
-        (s.vanished_at > when, s.end_time.is_(None)),
-        (s.vanished_at.is_(None), s.end_time.is_(None), or_(s.status == ACTIVE, s.gone_at.is_(None), s.gone_at > when)),
+        (s.end_time.is_(None), s.vanished_at > when),
+        (s.end_time.is_(None), s.vanished_at.is_(None), or_(s.status == ACTIVE, s.gone_at.is_(None), s.gone_at > when)),
     ]
 
 

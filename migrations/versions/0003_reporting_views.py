@@ -237,8 +237,7 @@ def dialect() -> Dialect:
 def upgrade() -> None:
     with op.batch_alter_table('browser_sessions', schema=None) as batch_op:
         batch_op.drop_index('ix_browser_sessions_end_time')
-        batch_op.create_index('ix_browser_sessions_end_time', ['end_time', 'start_time'], unique=False)
-        batch_op.create_index('ix_browser_sessions_vanished_at', ['vanished_at', 'end_time'], unique=False)
+        batch_op.create_index('ix_browser_sessions_end_time', ['end_time', 'vanished_at', 'start_time'], unique=False)
         batch_op.create_index('ix_browser_sessions_session_id', ['session_id'], unique=False)
     with op.batch_alter_table('sync_runs', schema=None) as batch_op:
         batch_op.create_index('ix_sync_runs_started_at', ['started_at'], unique=False)
@@ -254,6 +253,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_sync_runs_started_at')
     with op.batch_alter_table('browser_sessions', schema=None) as batch_op:
         batch_op.drop_index('ix_browser_sessions_session_id')
-        batch_op.drop_index('ix_browser_sessions_vanished_at')
         batch_op.drop_index('ix_browser_sessions_end_time')
         batch_op.create_index('ix_browser_sessions_end_time', ['end_time'], unique=False)
