@@ -80,15 +80,18 @@ def reports(days: float, middle_session: str) -> list[tuple[str, Callable[[Conne
         ("report runs --since 24h", lambda c: ledger.runs_summary(c, DAY.since)),
         ("report runs --since 24h --each", lambda c: ledger.runs(c, DAY.since)),
         ("timeline --since 24h", lambda c: build_timeline(c, DAY)),
+        ("view concurrent_sessions_per_minute (all 7 days)",
+         lambda c: c.execute(text("SELECT * FROM concurrent_sessions_per_minute")).all()),
+        ("view close_reasons_hourly (all 90 days)", lambda c: c.execute(text("SELECT * FROM close_reasons_hourly")).all()),
     ]
 
 
 def rows_of(answer: Any) -> int:
     if isinstance(answer, tuple):
         return answer[1]  # the timeline: (html, sessions)
-    if isinstance(answer, list):
+    if isinstance(answer, list) and answer and isinstance(answer[0], story.Story):
         return sum(len(s.events.rows) for s in answer)
-    return len(answer.rows)
+    return len(answer) if isinstance(answer, list) else len(answer.rows)
 
 
 def time_reports(engine: Engine, days: float, repeat: int) -> list[Timing]:
@@ -203,8 +206,9 @@ def write_results(results: list[BackendResult], counts: dict[str, int], generate
     for r in results:
         for label, rows, seconds, peak in r.exports:
             lines.append(f"| {r.backend} | {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {peak:.0f} MiB |")
-    all_met = all(t.met for r in results for t in r.timings)
-    lines += ["", f"Target (every report within 1 s on each backend): {'met' if all_met else 'NOT met'}.", ""]
+    all_met = all(t.met for r in results for t in r.timings if not t.name.startswith("view"))
+    lines += ["", f"Target (every report within 1 s on each backend): {'met' if all_met else 'NOT met'}. The views "
+              "are timed for information: a BI tool usually filters them further.", ""]
     RESULTS.write_text("\n".join(lines))
     print(f"wrote {RESULTS}")
 
