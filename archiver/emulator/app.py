@@ -277,16 +277,18 @@ def serve_forever(emulator: Emulator, port: int, on_ready: Callable[[str], None]
     import signal
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handled explicitly rather than through KeyboardInterrupt: a process started in the
+    # background of a script inherits SIGINT ignored, and Ctrl-C must still stop it.
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in stopping}
     info = emulator.start(port)
     on_ready(info.base_url)
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         emulator.stop()
 
 
