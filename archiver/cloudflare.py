@@ -113,7 +113,7 @@ class AccountAPI:
         if not UUID_PATTERN.fullmatch(session_id):
             raise FatalError(f"invalid session id {session_id!r}")
         path = f"/accounts/{self.account_id}/browser-rendering/devtools/session/{session_id}"
-        return await self.client.get_json(path, None, self.stats, missing_ok=True)
+        return await self.client.get_json(path, None, self.stats, missing_ok=True, expect=dict)
 
 
 class CloudflareClient:
@@ -171,7 +171,8 @@ class CloudflareClient:
     ) -> Any:
         """GET a path and decode its JSON body, retrying what may pass; None for a 404 if allowed.
 
-        ``expect`` is the JSON type a 200 must have; anything else counts as a garbled answer.
+        ``expect`` is the JSON type a 200 must have (or null, if ``missing_ok``); anything else
+        counts as a garbled answer, retried like truncated JSON.
         """
         attempt = 0
         while True:
@@ -207,7 +208,7 @@ class CloudflareClient:
         stats.count(response.status_code)
         if response.status_code == 200:
             data = self._decode(body)
-            if expect is not None and not isinstance(data, expect):
+            if expect is not None and not isinstance(data, expect) and not (data is None and missing_ok):
                 raise UpstreamError(f"expected a JSON {JSON_NAMES[expect]} from Cloudflare, got {_json_name(data)}")
             return data
         if response.status_code == 404 and missing_ok:

@@ -36,7 +36,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         _create_private_file(parsed.database)
-        kwargs.setdefault("connect_args", {"timeout": 30})
+        if "timeout" not in parsed.query:  # a ?timeout=SECONDS in the URL wins
+            kwargs.setdefault("connect_args", {"timeout": 30})
     else:
         kwargs.setdefault("pool_pre_ping", True)
     try:

@@ -368,6 +368,14 @@ def test_get_session_results(step: Step, expected: Any) -> None:
     assert stats.retries == 0
 
 
+@pytest.mark.parametrize("body", [[session(3)], "session", 42, True], ids=["array", "string", "number", "boolean"])
+def test_detail_of_the_wrong_type_is_a_garbled_answer_and_retried(body: Any) -> None:
+    script = Script(reply(200, body), reply(200, session(3)))
+    got, stats = get_session(script, sid(3))
+    assert got == session(3)
+    assert len(script.requests) == 2 and stats.retries == 1
+
+
 # --- errors that are not retried ----------------------------------------------------------------------------
 
 FATAL_CASES = [
