@@ -56,7 +56,10 @@ def _create_private_file(database: str | None) -> None:
     # by its owner only, whatever the umask.
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"ARCHIVER_DATABASE_URL: cannot create the SQLite database file: {exc.strerror}") from exc
     os.close(fd)
 
 
