@@ -74,7 +74,8 @@ class Listing:
                 expect=list,
             )
             self.pages += 1
-            ids = {item.get("sessionId") for item in items if isinstance(item, dict)}
+            # Only string ids tie pages together: an id may be any JSON value, even a list.
+            ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
             if offset and not ids & previous_ids:
                 self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
             if len(items) > self.page_size:

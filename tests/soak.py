@@ -42,13 +42,13 @@ class SoakPlan:
     cycles: int = 50  # successful cycles per account, at least
     accounts: int = 2
     sessions: int = 200  # open per account: more than one 200-item page (with the overlap), so drift matters
-    interval_s: float = 0.4
+    interval_s: float = 0.3
     speed: float = 10.0  # simulated seconds per real second
     mean_lifetime_s: float = 1800.0  # simulated
     retention_s: float = 60.0  # simulated: closed sessions answer 404 after this
     fault_share: float = 0.2
     kills: int = 3
-    outage_s: float = 4.0
+    outage_s: float = 3.0
     seed: int = 1
     deadline_s: float = 120.0
 
@@ -78,11 +78,11 @@ class SoakPlan:
         emulator.set_faults(
             **Faults.chaos(
                 self.fault_share,
-                # 429s are a fifth of the failed statuses: enough for storms, not so many that
-                # the service's back-off stretches every interval.
-                error_statuses=(429, 500, 503, 500, 503),
-                retry_after_s=0.5,
-                timeout_s=2.0,  # past the client's 1 s timeout
+                # 429s are a seventh of the failed statuses, and storms come scripted: enough to
+                # throttle, not so many that the service's back-off stretches every interval.
+                error_statuses=(429, 500, 503, 500, 503, 500, 503),
+                retry_after_s=0.3,
+                timeout_s=1.0,  # past the client's 0.5 s timeout
                 drift=True,
                 drift_closes=2,
                 drift_repeats=3,
@@ -102,8 +102,10 @@ class SoakPlan:
                 "ARCHIVER_RATE_LIMIT": "200",
                 "ARCHIVER_RATE_BUDGET": "1",
                 "ARCHIVER_UPSTREAM_LIMIT_REQUESTS": "1000000",
-                "ARCHIVER_HTTP_TIMEOUT_SECONDS": "1",
-                "ARCHIVER_MAX_RETRY_WAIT_SECONDS": "1",
+                "ARCHIVER_HTTP_TIMEOUT_SECONDS": "0.5",
+                "ARCHIVER_MAX_RETRY_WAIT_SECONDS": "0.3",
+                "ARCHIVER_DETAIL_BUDGET": "250",
+                "ARCHIVER_DETAIL_CONCURRENCY": "16",
                 "ARCHIVER_SHUTDOWN_GRACE_SECONDS": "10",
                 "ARCHIVER_LOG_FORMAT": log_format,
                 "ARCHIVER_LOG_LEVEL": "DEBUG",
@@ -120,6 +122,7 @@ class Supervisor:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at = 0.0
         self.kills = 0
         self.exit_codes: list[int] = []
 
@@ -130,6 +133,7 @@ class Supervisor:
                 env=self.env, stdout=log, stderr=log,
             )
         self.starts += 1
+        self.started_at = time.time()
 
     def keep_alive(self) -> None:
         """Restart the service if it exited on its own (say, it started while the database was down)."""
@@ -276,7 +280,8 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
     started = time.monotonic()
     supervisor.start()
     for mark, event in events:
-        _wait_for(lambda: _progress(engine, emulator, plan) >= mark, supervisor, started, plan.deadline_s)
+        # every event hits a service that is up and polling, not one still starting
+        _wait_for(lambda: _progress(engine, emulator, plan, since=supervisor.started_at) >= mark, supervisor, started, plan.deadline_s)
         time.sleep(rng.uniform(0, 2 * plan.interval_s))  # a random moment, often mid-cycle
         if event == "kill":
             supervisor.kill()
@@ -301,14 +306,18 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
     return run
 
 
-def _progress(engine: Engine, emulator: Emulator, plan: SoakPlan) -> float:
-    """The share of the planned successful cycles done by the slowest account."""
+def _progress(engine: Engine, emulator: Emulator, plan: SoakPlan, since: float = 0.0) -> float:
+    """The share of the planned successful cycles done by the slowest account; 0 until every
+    account has had one that started after ``since`` (Unix time)."""
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(runs_table.c.account_id, runs_table.c.outcome)).all()
+            rows = conn.execute(select(runs_table.c.account_id, runs_table.c.outcome, runs_table.c.started_at)).all()
     except Exception:  # the schema may not exist yet, or the database is away
         return 0.0
-    done = Counter(account for account, outcome in rows if outcome in OK_OUTCOMES)
+    ok = [(account, started) for account, outcome, started in rows if outcome in OK_OUTCOMES]
+    if {account for account, started in ok if started.timestamp() > since} != set(emulator.account_ids):
+        return 0.0
+    done = Counter(account for account, _ in ok)
     return min(done[a] for a in emulator.account_ids) / plan.cycles
 
 

@@ -190,6 +190,16 @@ def test_listing_pages_with_overlap_until_a_short_page(count: int, offsets: list
     assert listing.complete is True
 
 
+@pytest.mark.parametrize("bad_id", [["a", "list"], {"an": "object"}, 7, None, "not-a-uuid"], ids=["list", "object", "number", "null", "string"])
+def test_items_with_any_json_session_id_are_paged_over_and_passed_on(bad_id: Any) -> None:
+    sessions = [session(n) for n in range(250)]
+    sessions[195] = {**sessions[195], "sessionId": bad_id}  # in the overlap of both pages
+    sessions[3] = {**sessions[3], "sessionId": bad_id}
+    listing, pages, _, _ = list_all(ListServer(sessions))
+    assert listing.complete and listing.pages == 2  # the sync, not the client, judges items
+    assert sum(item["sessionId"] == bad_id for page in pages for item in page) == 3
+
+
 def test_listing_left_early_is_not_complete() -> None:
     server = ListServer([session(n) for n in range(450)])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -124,6 +125,11 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, port: int, emulator: Emulator) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.emulator = emulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (killed, timed out) is normal here; anything else is not."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def parse_request(path: str) -> tuple[str, dict[str, list[str]]]:
