@@ -39,7 +39,7 @@ OK_OUTCOMES = ("ok", "partial")
 class SoakPlan:
     """How long and how hard to shake the archiver."""
 
-    cycles: int = 50  # successful cycles per account, at least
+    cycles: int = 50  # successful cycles (polls of one account), at least: shared by the accounts
     accounts: int = 2
     sessions: int = 200  # open per account: more than one 200-item page (with the overlap), so drift matters
     interval_s: float = 0.3
@@ -270,7 +270,8 @@ class SoakRun:
 def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: Engine,
           outage: Callable[[], Any]) -> SoakRun:
     """Run the soak: start the service, kill it and take the database away at random moments,
-    until every account has had ``plan.cycles`` successful cycles; then stop it with SIGTERM."""
+    until the accounts have had ``plan.cycles`` successful cycles (each its share); then stop it
+    with SIGTERM."""
     rng = random.Random(plan.seed)
     run = SoakRun(plan, emulator, time.time(), emulator.clock.now_ms())
     # Events at fractions of the way: kills spread out, the outage and a 429 storm in between.
@@ -307,7 +308,7 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
 
 
 def _progress(engine: Engine, emulator: Emulator, plan: SoakPlan, since: float = 0.0) -> float:
-    """The share of the planned successful cycles done by the slowest account; 0 until every
+    """The share of the planned successful cycles done, at the slowest account's pace; 0 until every
     account has had one that started after ``since`` (Unix time)."""
     try:
         with engine.connect() as conn:
@@ -318,7 +319,7 @@ def _progress(engine: Engine, emulator: Emulator, plan: SoakPlan, since: float =
     if {account for account, started in ok if started.timestamp() > since} != set(emulator.account_ids):
         return 0.0
     done = Counter(account for account, _ in ok)
-    return min(done[a] for a in emulator.account_ids) / plan.cycles
+    return min(done[a] for a in emulator.account_ids) * len(emulator.account_ids) / plan.cycles
 
 
 def _wait_for(condition: Callable[[], bool], supervisor: Supervisor, started: float, deadline_s: float) -> None:

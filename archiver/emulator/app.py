@@ -118,6 +118,10 @@ class Emulator:
         """Answer the next ``times`` matching requests with a status or a fault kind."""
         self._plan.inject(kind, times, endpoint, retry_after)
 
+    def clear_injections(self) -> None:
+        """Drop the scripted faults not yet used."""
+        self._plan.clear()
+
     def world(self, account_id: str) -> World:
         return self._worlds[account_id]
 

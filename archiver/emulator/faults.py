@@ -123,6 +123,10 @@ class FaultPlan:
         with self.lock:
             self.injections.append(Injection(kind, times, endpoint, retry_after))
 
+    def clear(self) -> None:
+        with self.lock:
+            self.injections.clear()
+
     def next_injection(self, endpoint: str) -> Injection | None:
         """The scripted fault for this request, if one is queued for its endpoint."""
         with self.lock:
