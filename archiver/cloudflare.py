@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,6 +206,11 @@ class CloudflareClient:
                 body = await _read_capped(response)
         except httpx.TransportError as exc:
             stats.count(0)
+            refused = _certificate_error(exc)
+            if refused is not None:
+                # Verification is always on; a certificate it refuses will not improve on retry.
+                host = self._http.base_url.host
+                raise FatalError(f"TLS certificate of {host} refused: {refused.verify_message}") from exc
             raise UpstreamError(f"{type(exc).__name__} talking to Cloudflare") from exc
         stats.count(response.status_code)
         if response.status_code == 200:
@@ -278,6 +284,12 @@ async def _read_capped(response: httpx.Response) -> bytes:
             raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    while exc is not None and not isinstance(exc, ssl.SSLCertVerificationError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _envelope_message(data: Any) -> str:

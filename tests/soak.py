@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class SoakPlan:
     kills: int = 3
     outage_s: float = 3.0
     seed: int = 1
-    deadline_s: float = 120.0
+    deadline_s: float = 0.0  # 0: allow 60 s plus 2 s per planned cycle
 
     @classmethod
     def from_env(cls, **defaults: Any) -> SoakPlan:
@@ -62,7 +62,8 @@ class SoakPlan:
             raw = os.environ.get(f"ARCHIVER_SOAK_{name.removesuffix('_s').upper()}")
             if raw:
                 values[name] = kind(raw)
-        return cls(**values)
+        plan = cls(**values)
+        return plan if plan.deadline_s else replace(plan, deadline_s=60 + 2.0 * plan.cycles)
 
     def emulator(self) -> Emulator:
         emulator = Emulator(
