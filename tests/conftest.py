@@ -23,12 +23,12 @@ MYSQL_URL = os.environ.get("ARCHIVER_TEST_MYSQL_URL", "mysql+pymysql://root@127.
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 # Property tests that set no example count of their own take it from the profile: moderate by
-# default so the suite stays fast; "ci" is the same, reproducible (the same examples every run);
-# "thorough" explores far more (HYPOTHESIS_PROFILE=thorough make test).
+# default so the suite stays fast; "ci" (chosen when CI is set) is the same, reproducible: the
+# same examples every run; "thorough" explores far more (HYPOTHESIS_PROFILE=thorough make test).
 settings.register_profile("default-run", max_examples=30, deadline=None)
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("thorough", max_examples=500, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default-run"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default-run"))
 
 
 def _fresh_postgres() -> Iterator[str]:
