@@ -25,8 +25,8 @@ BACKENDS = ["sqlite", "postgresql", "mariadb"]
 # Property tests that set no example count of their own take it from the profile: moderate by
 # default so the suite stays fast; "ci" (chosen when CI is set) is the same, reproducible: the
 # same examples every run; "thorough" explores far more (HYPOTHESIS_PROFILE=thorough make test).
-settings.register_profile("default-run", max_examples=30, deadline=None)
-settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("default-run", max_examples=25, deadline=None)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default-run"))
 

@@ -294,7 +294,7 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
                 _sleep_supervised(plan.outage_s, supervisor)
             run.outage = (began, time.time())
         elif event == "storm":
-            emulator.inject(429, times=12, retry_after=1)
+            emulator.inject(429, times=8, retry_after=1)  # more than one request's retries
             run.storm_at = time.time()
         else:
             # more sessions close between two page requests than the pages overlap by

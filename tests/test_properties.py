@@ -237,5 +237,5 @@ def _template(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 _TEMPLATE = Path()
-ArchiveMachine.TestCase.settings = settings(stateful_step_count=25)
+ArchiveMachine.TestCase.settings = settings(stateful_step_count=20)
 test_poll_cycles_over_random_histories = ArchiveMachine.TestCase
