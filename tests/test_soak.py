@@ -4,6 +4,7 @@ be missing from the archive. `make soak` runs a long one and prints the figures.
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_soak_on_sqlite(tmp_path: Path) -> None:
             supervisor.abandon()
     figures = compare(run, engine)
     assert_nothing_lost(figures, run)
+    assert_outage_was_felt(log.read_text())
     secret_free = [emulator.token, *devtools_url_tokens(emulator)]
     assert_no_secrets(log.read_text(), text_of_every_column(engine), secret_free)
     engine.dispose()
@@ -66,6 +68,7 @@ def test_soak_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
             proxy.close()
     figures = compare(run, engine)
     assert_nothing_lost(figures, run)
+    assert_outage_was_felt(log.read_text())
     secret_free = [emulator.api_key, password, *devtools_url_tokens(emulator)]
     assert_no_secrets(log.read_text(), text_of_every_column(engine), secret_free)
     engine.dispose()
@@ -88,6 +91,11 @@ def assert_nothing_lost(figures: SoakFigures, run: SoakRun) -> None:
     assert figures.incomplete_unflagged == []
     assert figures.live_marked_vanished == []
     assert figures.stray_requests == 0
+
+
+def assert_outage_was_felt(log: str) -> None:
+    # The running service met the outage (and went on: the figures above hold).
+    assert re.search(r"cycle failed: |database error: |cannot renew leases", log), "the outage went unnoticed"
 
 
 def assert_no_secrets(log: str, database: str, secret_values: list[str]) -> None:
