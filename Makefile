@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test soak install clean
 
 demo: $(VENV)/.installed
 	$(BIN)/archiver demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The chaos soak at length (a short one is part of `make test`); ARCHIVER_SOAK_* size it.
+soak: $(VENV)/.installed
+	ARCHIVER_SOAK_CYCLES=$${ARCHIVER_SOAK_CYCLES:-400} $(BIN)/python -m pytest -q -s tests/test_soak.py
 
 install: $(VENV)/.installed
 

@@ -7,7 +7,8 @@ import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 BACKOFF_BASE_SECONDS = 0.5
 ACCOUNT_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JSON_NAMES: dict[type, str] = {list: "array", dict: "object", str: "string", type(None): "null", bool: "boolean"}
+Doubt = Callable[[Any], str | None]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 
 
@@ -74,7 +76,8 @@ class Listing:
                 expect=list,
             )
             self.pages += 1
-            ids = {item.get("sessionId") for item in items if isinstance(item, dict)}
+            # Only string ids tie pages together: an id may be any JSON value, even a list.
+            ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
             if offset and not ids & previous_ids:
                 self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
             if len(items) > self.page_size:
@@ -113,7 +116,9 @@ class AccountAPI:
         if not UUID_PATTERN.fullmatch(session_id):
             raise FatalError(f"invalid session id {session_id!r}")
         path = f"/accounts/{self.account_id}/browser-rendering/devtools/session/{session_id}"
-        return await self.client.get_json(path, None, self.stats, missing_ok=True)
+        return await self.client.get_json(
+            path, None, self.stats, missing_ok=True, expect=dict, doubt=lambda data: _detail_doubt(data, session_id)
+        )
 
 
 class CloudflareClient:
@@ -168,10 +173,14 @@ class CloudflareClient:
         *,
         missing_ok: bool = False,
         expect: type | None = None,
+        doubt: Doubt | None = None,
     ) -> Any:
         """GET a path and decode its JSON body, retrying what may pass; None for a 404 if allowed.
 
-        ``expect`` is the JSON type a 200 must have; anything else counts as a garbled answer.
+        ``expect`` is the JSON type a 200 must have (or null, if ``missing_ok``); anything else
+        counts as a garbled answer, retried like truncated JSON. ``doubt`` names what is odd about
+        a well-formed answer (None if nothing): such an answer is asked again like a failure, and
+        returned as it is only if it is still the answer when the retries are spent.
         """
         attempt = 0
         while True:
@@ -179,9 +188,11 @@ class CloudflareClient:
                 stats.waited_seconds += await self.budget.acquire()
             stats.waited_seconds += await self.limiter.acquire()
             try:
-                return await self._get_once(path, params, stats, missing_ok, expect)
+                return await self._get_once(path, params, stats, missing_ok, expect, doubt)
             except UpstreamError as exc:
                 if attempt >= self.max_retries:
+                    if isinstance(exc, DoubtfulAnswer):
+                        return exc.data
                     raise
                 delay = self._retry_delay(attempt, exc)
                 attempt += 1
@@ -195,7 +206,8 @@ class CloudflareClient:
                     stats.waited_seconds += delay
 
     async def _get_once(
-        self, path: str, params: dict[str, Any] | None, stats: RequestStats, missing_ok: bool, expect: type | None
+        self, path: str, params: dict[str, Any] | None, stats: RequestStats, missing_ok: bool, expect: type | None,
+        doubt: Doubt | None = None,
     ) -> Any:
         stats.requests += 1
         try:
@@ -203,12 +215,20 @@ class CloudflareClient:
                 body = await _read_capped(response)
         except httpx.TransportError as exc:
             stats.count(0)
+            refused = _certificate_error(exc)
+            if refused is not None:
+                # Verification is always on; a certificate it refuses will not improve on retry.
+                host = self._http.base_url.host
+                raise FatalError(f"TLS certificate of {host} refused: {refused.verify_message}") from exc
             raise UpstreamError(f"{type(exc).__name__} talking to Cloudflare") from exc
         stats.count(response.status_code)
         if response.status_code == 200:
             data = self._decode(body)
-            if expect is not None and not isinstance(data, expect):
+            if expect is not None and not isinstance(data, expect) and not (data is None and missing_ok):
                 raise UpstreamError(f"expected a JSON {JSON_NAMES[expect]} from Cloudflare, got {_json_name(data)}")
+            reason = doubt(data) if doubt is not None else None
+            if reason is not None:
+                raise DoubtfulAnswer(reason, data)
             return data
         if response.status_code == 404 and missing_ok:
             return None
@@ -259,6 +279,14 @@ class CloudflareClient:
         return redact_text(text)
 
 
+class DoubtfulAnswer(UpstreamError):
+    """A well-formed answer that looks like a glitch (a null detail, another session's id)."""
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.data = data
+
+
 class ThrottledError(UpstreamError):
     """HTTP 429: Cloudflare asks us to slow down."""
 
@@ -276,6 +304,26 @@ async def _read_capped(response: httpx.Response) -> bytes:
             raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _detail_doubt(data: dict[str, Any] | None, session_id: str) -> str | None:
+    """What is odd about a session's detail: null, or a body about another (or no valid) id.
+
+    Either may be a passing glitch upstream; a null that persists means Cloudflare has nothing,
+    and a persistent wrong id is the poll cycle's to set aside.
+    """
+    if data is None:
+        return "Cloudflare answered null for the session"
+    answered = data.get("sessionId")
+    if not isinstance(answered, str) or answered.lower() != session_id.lower():
+        return "Cloudflare answered with another session id"
+    return None
+
+
+def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    while exc is not None and not isinstance(exc, ssl.SSLCertVerificationError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _envelope_message(data: Any) -> str:

@@ -27,6 +27,10 @@ class AuthError(FatalError):
     """Cloudflare refused the credentials (401/403)."""
 
 
+class LeaseLostError(ArchiverError):
+    """Another worker took the account over: this one must stop writing for it."""
+
+
 class RetriableError(ArchiverError):
     """A transient failure (throttling, 5xx, timeouts, lost connections): try again later."""
 
@@ -41,3 +45,13 @@ class BadRecordError(ArchiverError):
 
 class DatabaseNotReadyError(FatalError):
     """The database schema is missing or older than this version of the archiver."""
+
+
+def first_line(exc: BaseException) -> str:
+    """One line about an error, for logs and the ledger.
+
+    SQLAlchemy's messages go on with the statement and its parameters; the driver's own first
+    line (``exc.orig``) says what went wrong.
+    """
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:300]

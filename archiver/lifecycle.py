@@ -14,9 +14,12 @@ from typing import Any
 from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, GONE, VANISHED
 from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state
 
-# A vanished session whose details still show no end is asked again a few times: Cloudflare may
-# drop a session from the list a moment before it writes the close reason.
+# A vanished session whose details still show no end (or no close reason, or nothing at all) is
+# asked again a few times: Cloudflare may drop a session from the list a moment before it writes
+# the close reason, and one odd answer must not cost the session's final state.
 MAX_DETAIL_ATTEMPTS = 3
+# What a closed session's details should tell; while one is missing the detail is asked again.
+CLOSING_FIELDS = ("end_time", "close_reason", "close_reason_text")
 Row = dict[str, Any]
 
 
@@ -90,6 +93,9 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
     due = None
     if merged["end_time"] is not None:
         status = CLOSED
+        if any(merged[name] is None for name in CLOSING_FIELDS):
+            attempts += 1
+            due = "vanished" if attempts < MAX_DETAIL_ATTEMPTS else None
     elif known["status"] == VANISHED:
         status = VANISHED
         attempts += 1
@@ -111,7 +117,15 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
 
 
 def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
-    """A detail fetch found nothing (404 or null): Cloudflare has forgotten the session."""
+    """A detail fetch found nothing (404 or null): Cloudflare has forgotten the session.
+
+    A session whose final state is owed (vanished, or closed without its reason) is asked again
+    until MAX_DETAIL_ATTEMPTS fetches have not given it, and only then given up (a vanished one
+    marked gone): one null or 404 may be a passing glitch upstream.
+    """
+    attempts = known["detail_attempts"] + 1
+    if known["detail_due"] == "vanished" and attempts < MAX_DETAIL_ATTEMPTS:
+        return Transition("missing", {**known, "detail_attempts": attempts, "last_run_id": run_id})
     if known["status"] != VANISHED:
         # Still listed (or already closed): nothing is lost, and nothing to wait for.
         row = {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}

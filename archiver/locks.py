@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from archiver.models import AccountLease
@@ -40,18 +40,35 @@ def acquire(engine: Engine, account_id: str, holder: str, ttl_seconds: float, no
 
 
 def renew(engine: Engine, account_ids: Iterable[str], holder: str, ttl_seconds: float, now: datetime) -> set[str]:
-    """Extend every lease we hold among ``account_ids`` in one statement; return those still ours."""
+    """Extend every lease we hold among ``account_ids`` in one statement; return those still ours.
+
+    A lease that lapsed while nobody took it over (say, the database was away for a while) is
+    still ours: the holder column, changed only by a taker, says who owns an account.
+    """
     ids = list(account_ids)
     if not ids:
         return set()
     with engine.begin() as conn:
         conn.execute(
             update(leases)
-            .where(c.account_id.in_(ids), c.holder == holder, c.expires_at >= now)
+            .where(c.account_id.in_(ids), c.holder == holder)
             .values(expires_at=now + timedelta(seconds=ttl_seconds))
         )
-        held = conn.scalars(select(c.account_id).where(c.account_id.in_(ids), c.holder == holder, c.expires_at > now))
-        return set(held)
+        return set(conn.scalars(select(c.account_id).where(c.account_id.in_(ids), c.holder == holder)))
+
+
+def confirm(conn: Connection, account_id: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
+    """Within the caller's transaction: extend our lease on the account; False if it is not ours.
+
+    The update locks the lease row until the transaction ends, so no other worker can take the
+    account over between this check and the caller's writes (a fence for each write step).
+    """
+    result = conn.execute(
+        update(leases)
+        .where(c.account_id == account_id, c.holder == holder)
+        .values(expires_at=now + timedelta(seconds=ttl_seconds))
+    )
+    return result.rowcount == 1
 
 
 def release(engine: Engine, account_id: str, holder: str) -> None:

@@ -10,9 +10,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from archiver.errors import DatabaseNotReadyError
+from archiver.errors import DatabaseNotReadyError, first_line
 
 
 def alembic_config(database_url: str) -> Config:
@@ -38,7 +38,7 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise DatabaseNotReadyError(f"cannot read the database: {str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
+        raise DatabaseNotReadyError(f"cannot read the database: {first_line(exc)}") from exc
 
 
 def head_revision() -> str | None:
@@ -55,9 +55,13 @@ def require_current(engine: Engine) -> None:
 
 def _run(engine: Engine, action: object, revision: str) -> None:
     config = alembic_config("")
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        action(config, revision)  # type: ignore[operator]
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            action(config, revision)  # type: ignore[operator]
+    except OperationalError as exc:
+        # Unreachable, locked or refusing us: a message, not a traceback (nor the statement).
+        raise DatabaseNotReadyError(f"cannot migrate the database: {first_line(exc)}") from exc
 
 
 def _script_location() -> Path:

@@ -9,17 +9,18 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import locks
 from archiver.cloudflare import CloudflareClient, RequestStats, client_from_settings
 from archiver.config import Settings
+from archiver.errors import ArchiverError, LeaseLostError, first_line
 from archiver.metrics import Metrics, MetricsServer
 from archiver.pacing import Pacer
 from archiver.ratelimit import TokenBucket
 from archiver.store import sessions_table
-from archiver.sync import CycleOptions, run_cycle, utcnow
+from archiver.sync import CycleOptions, Fence, run_cycle, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ class Service:
             await self._poll_once(account_id)
         except asyncio.CancelledError:
             log.warning("account %s: cycle cancelled by shutdown; its open transaction was rolled back", account_id)
+        except (ArchiverError, SQLAlchemyError) as exc:
+            # The database is away, or the account was taken over: this cycle is lost, the next
+            # one (or the other worker) carries on. Nothing half-written: each step is a transaction.
+            self.metrics.cycles.labels(account_id, "failed").inc()
+            log.warning("account %s: cycle failed: %s", account_id, first_line(exc))
         except Exception:
             self.metrics.cycles.labels(account_id, "failed").inc()
             log.exception("account %s: cycle failed unexpectedly", account_id)
@@ -147,10 +153,20 @@ class Service:
             return
         self.held.add(account_id)
         stats = RequestStats()
-        result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options)
+        result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options, fence=self._fence(account_id))
         self.metrics.record_cycle(result, stats)
         self._refresh_session_gauge(account_id)
         self._repace(account_id, stats)
+
+    def _fence(self, account_id: str) -> Fence:
+        """The check that opens each write of a cycle: the lease must still be ours (and is renewed)."""
+
+        def confirm(conn: Connection) -> None:
+            if not locks.confirm(conn, account_id, self.options.worker, self.lease_seconds, utcnow()):
+                self.held.discard(account_id)
+                raise LeaseLostError("another worker took the account over; this cycle stopped writing")
+
+        return confirm
 
     async def _heartbeat(self) -> None:
         """Renew the leases we hold; stop any cycle whose lease was lost, so two never overlap."""
@@ -159,7 +175,7 @@ class Service:
             try:
                 still_held = locks.renew(self.engine, self.held, self.options.worker, self.lease_seconds, utcnow())
             except SQLAlchemyError as exc:
-                log.warning("cannot renew leases: %s", str(getattr(exc, "orig", exc)).splitlines()[0])
+                log.warning("cannot renew leases: %s", first_line(exc))
                 continue
             for account_id in self.held - still_held:
                 log.error("account %s: lease lost to another worker", account_id)
@@ -191,8 +207,12 @@ class Service:
             .where(sessions_table.c.account_id == account_id)
             .group_by(sessions_table.c.status)
         )
-        with self.engine.connect() as conn:
-            self.metrics.record_sessions(account_id, {status: n for status, n in conn.execute(stmt)})
+        try:
+            with self.engine.connect() as conn:
+                self.metrics.record_sessions(account_id, {status: n for status, n in conn.execute(stmt)})
+        except SQLAlchemyError as exc:
+            self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
+            log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -220,5 +240,9 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         for account_id in self.accounts:
-            locks.release(self.engine, account_id, self.options.worker)
+            try:
+                locks.release(self.engine, account_id, self.options.worker)
+            except SQLAlchemyError as exc:
+                # The lease lapses by itself within 0.75 intervals.
+                log.warning("account %s: cannot release the lease: %s", account_id, first_line(exc))
         log.info("stopped")

@@ -36,7 +36,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         _create_private_file(parsed.database)
-        kwargs.setdefault("connect_args", {"timeout": 30})
+        if "timeout" not in parsed.query:  # a ?timeout=SECONDS in the URL wins
+            kwargs.setdefault("connect_args", {"timeout": 30})
     else:
         kwargs.setdefault("pool_pre_ping", True)
     try:
@@ -55,7 +56,10 @@ def _create_private_file(database: str | None) -> None:
     # by its owner only, whatever the umask.
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"ARCHIVER_DATABASE_URL: cannot create the SQLite database file: {exc.strerror}") from exc
     os.close(fd)
 
 

@@ -12,12 +12,13 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import lifecycle, store
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 DETAIL_WRITE_BATCH = 50
 DETAIL_WRITE_SECONDS = 0.5
 Clock = Callable[[], datetime]
+# Called first in each write transaction of a cycle; raises LeaseLostError if this worker may no
+# longer write for the account (the service's lease check).
+Fence = Callable[[Connection], None]
 
 
 def utcnow() -> datetime:
@@ -82,17 +86,20 @@ class CycleResult:
         return self.outcome in ("failed", "aborted")
 
 
-async def run_cycle(api: AccountAPI, engine: Engine, options: CycleOptions, *, clock: Clock = utcnow) -> CycleResult:
+async def run_cycle(
+    api: AccountAPI, engine: Engine, options: CycleOptions, *, clock: Clock = utcnow, fence: Fence | None = None
+) -> CycleResult:
     """Poll one account once and archive what changed. Errors end up in the ledger row."""
-    return await _Cycle(api, engine, options, clock).run()
+    return await _Cycle(api, engine, options, clock, fence).run()
 
 
 class _Cycle:
-    def __init__(self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock) -> None:
+    def __init__(self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None) -> None:
         self.api = api
         self.engine = engine
         self.options = options
         self.clock = clock
+        self.fence = fence
         self.account_id = api.account_id
         self.run_id = 0
         self.seen: set[str] = set()
@@ -138,12 +145,19 @@ class _Cycle:
         _log_result(result, self.api.stats)
         return result
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            if self.fence is not None:
+                self.fence(conn)
+            yield conn
+
     # -- the ledger ---------------------------------------------------------------------------
 
     def _open_run(self) -> int:
         now = self.clock()
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 # The caller holds this account's lock, so any 'running' row is a dead process's.
                 store.abort_stale_runs(conn, self.account_id, before=now, now=now)
                 return store.open_run(conn, self.account_id, self.options.worker, now)
@@ -209,7 +223,7 @@ class _Cycle:
                 rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
             records.append(record)
         self.counts["listed"] += len(records)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             known = store.load_sessions(conn, self.account_id, [r.session_id for r in records])
             rows, versions, unchanged = [], [], []
             for record in records:
@@ -235,7 +249,7 @@ class _Cycle:
 
     def _mark_vanished(self) -> None:
         at = self.clock()
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             absent = store.active_session_ids(conn, self.account_id) - self.seen
             known = store.load_sessions(conn, self.account_id, sorted(absent))
             steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
@@ -292,7 +306,7 @@ class _Cycle:
                 rows.append(step.row)
             if step.version is not None:
                 versions.append(step.version)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
             store.insert_rows(conn, store.versions_table, versions)
             store.insert_rows(conn, store.rejects_table, rejects)

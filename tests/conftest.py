@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -20,6 +21,14 @@ from archiver.store import make_engine
 POSTGRES_URL = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("ARCHIVER_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+# Property tests that set no example count of their own take it from the profile: moderate by
+# default so the suite stays fast; "ci" (chosen when CI is set) is the same, reproducible: the
+# same examples every run; "thorough" explores far more (HYPOTHESIS_PROFILE=thorough make test).
+settings.register_profile("default-run", max_examples=25, deadline=None)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default-run"))
 
 
 def _fresh_postgres() -> Iterator[str]:

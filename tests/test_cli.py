@@ -95,6 +95,25 @@ def test_bad_settings_exit_2_with_one_line(tmp_path: Path, env: dict[str, str], 
     assert len(lines) == 1 and lines[0].startswith(f"error: {named}")
 
 
+@pytest.mark.parametrize(
+    ("command", "database_url"),
+    [
+        (["run", "--auto-migrate"], "postgresql+psycopg://archiver:pw-Kq3vZ8@127.0.0.1:9/archive"),
+        (["sync"], "postgresql+psycopg://archiver:pw-Kq3vZ8@127.0.0.1:9/archive"),
+        (["db", "upgrade"], "postgresql+psycopg://archiver:pw-Kq3vZ8@127.0.0.1:9/archive"),
+        (["sync"], "sqlite:///{tmp}/no/such/dir/archive.db"),
+    ],
+    ids=["run-auto-migrate", "sync", "db-upgrade", "sqlite-in-a-missing-directory"],
+)
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path, command: list[str], database_url: str) -> None:
+    env = {"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "ARCHIVER_DATABASE_URL": database_url.format(tmp=tmp_path)}
+    result = run(command, env, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode in (1, 2) and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "database" in lines[0]
+    assert "pw-Kq3vZ8" not in result.stderr
+
+
 def test_config_file_and_env_precedence(tmp_path: Path, served: tuple[Emulator, Any]) -> None:
     emulator, server = served
     config = tmp_path / "archiver.toml"

@@ -190,6 +190,16 @@ def test_listing_pages_with_overlap_until_a_short_page(count: int, offsets: list
     assert listing.complete is True
 
 
+@pytest.mark.parametrize("bad_id", [["a", "list"], {"an": "object"}, 7, None, "not-a-uuid"], ids=["list", "object", "number", "null", "string"])
+def test_items_with_any_json_session_id_are_paged_over_and_passed_on(bad_id: Any) -> None:
+    sessions = [session(n) for n in range(250)]
+    sessions[195] = {**sessions[195], "sessionId": bad_id}  # in the overlap of both pages
+    sessions[3] = {**sessions[3], "sessionId": bad_id}
+    listing, pages, _, _ = list_all(ListServer(sessions))
+    assert listing.complete and listing.pages == 2  # the sync, not the client, judges items
+    assert sum(item["sessionId"] == bad_id for page in pages for item in page) == 3
+
+
 def test_listing_left_early_is_not_complete() -> None:
     server = ListServer([session(n) for n in range(450)])
 
@@ -348,8 +358,7 @@ def test_client_from_settings_without_credentials_is_a_config_error() -> None:
 DETAIL_CASES = [
     (reply(200, session(3)), session(3)),
     (reply(200, {"success": True, "errors": [], "messages": [], "result": session(3)}), session(3)),
-    (reply(200, None), None),
-    (reply(200, {"success": True, "result": None}), None),
+    (reply(200, {**session(3), "sessionId": sid(3).upper()}), {**session(3), "sessionId": sid(3).upper()}),
     (reply(404, {"success": False, "errors": [{"code": 404, "message": "Session not found"}], "result": None}), None),
     (reply(404, content=b"Not Found"), None),
 ]
@@ -358,7 +367,7 @@ DETAIL_CASES = [
 @pytest.mark.parametrize(
     ("step", "expected"),
     DETAIL_CASES,
-    ids=["bare-object", "enveloped-object", "json-null", "enveloped-null", "404-envelope", "404-plain"],
+    ids=["bare-object", "enveloped-object", "upper-case-id", "404-envelope", "404-plain"],
 )
 def test_get_session_results(step: Step, expected: Any) -> None:
     script = Script(step)
@@ -366,6 +375,41 @@ def test_get_session_results(step: Step, expected: Any) -> None:
     assert body == expected
     assert len(script.requests) == 1  # a 404 is an answer, not a failure: no retry
     assert stats.retries == 0
+
+
+DOUBTFUL_DETAILS = [
+    reply(200, None),
+    reply(200, {"success": True, "result": None}),
+    reply(200, session(4)),
+    reply(200, {**session(3), "sessionId": "not-a-uuid"}),
+    reply(200, {k: v for k, v in session(3).items() if k != "sessionId"}),
+]
+DOUBTFUL_IDS = ["json-null", "enveloped-null", "another-session", "invalid-id", "no-id"]
+
+
+@pytest.mark.parametrize("doubtful", DOUBTFUL_DETAILS, ids=DOUBTFUL_IDS)
+def test_a_doubtful_detail_is_asked_again_at_once(doubtful: Step) -> None:
+    script = Script(doubtful, reply(200, session(3)))
+    got, stats = get_session(script, sid(3))
+    assert got == session(3)
+    assert len(script.requests) == 2 and stats.retries == 1
+
+
+@pytest.mark.parametrize("doubtful", DOUBTFUL_DETAILS, ids=DOUBTFUL_IDS)
+def test_a_doubtful_detail_that_persists_is_the_answer(doubtful: Step) -> None:
+    script = Script(*[doubtful] * 10)
+    got, stats = get_session(script, sid(3), max_retries=2)
+    first = doubtful(httpx.Request("GET", "https://h.invalid/")).json()
+    assert got == (first.get("result") if isinstance(first, dict) and "result" in first else first)
+    assert len(script.requests) == 3 and stats.retries == 2  # bounded, and not an error
+
+
+@pytest.mark.parametrize("body", [[session(3)], "session", 42, True], ids=["array", "string", "number", "boolean"])
+def test_detail_of_the_wrong_type_is_a_garbled_answer_and_retried(body: Any) -> None:
+    script = Script(reply(200, body), reply(200, session(3)))
+    got, stats = get_session(script, sid(3))
+    assert got == session(3)
+    assert len(script.requests) == 2 and stats.retries == 1
 
 
 # --- errors that are not retried ----------------------------------------------------------------------------

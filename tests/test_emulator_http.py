@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -199,3 +200,124 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- fault modes added for chaos testing -------------------------------------------------------------------
+
+
+def _base(http: httpx.Client) -> str:
+    return str(http.base_url).rstrip("/").removesuffix("/client/v4")
+
+
+@pytest.mark.parametrize("endpoint", ["list", "get"])
+def test_wrong_top_level_type(emu: Emulator, http: httpx.Client, endpoint: str) -> None:
+    sid = emu.truth()[0]["sessionId"]
+    path = sessions_path(emu) if endpoint == "list" else f"{sessions_path(emu)}/{sid}"
+    emu.inject("wrong_type", times=20, endpoint=endpoint)
+    bodies = [http.get(path) for _ in range(20)]
+    assert all(r.status_code == 200 for r in bodies)
+    wrong = list if endpoint == "list" else dict
+    assert not any(isinstance(r.json(), wrong) for r in bodies)
+    assert len({r.text for r in bodies}) > 1  # several wrong types, not one
+
+
+def test_oversized_body_is_the_real_answer_padded_past_the_cap(emu: Emulator, http: httpx.Client) -> None:
+    from archiver.emulator.faults import CAP_BYTES
+
+    clean = http.get(sessions_path(emu)).json()
+    emu.inject("oversized", endpoint="list")
+    response = http.get(sessions_path(emu))
+    assert len(response.content) > CAP_BYTES
+    assert response.json() == clean  # read whole, it is still the right answer
+
+
+def test_timed_out_answer_is_the_real_one_late(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_faults(timeout_s=0.4)
+    emu.inject("timeout", endpoint="list")
+    started = time.monotonic()
+    late = http.get(sessions_path(emu), timeout=5)
+    assert time.monotonic() - started >= 0.4
+    assert late.json() == http.get(sessions_path(emu)).json()
+
+
+def test_invalid_session_ids_in_a_listing_and_a_detail(emu: Emulator, http: httpx.Client) -> None:
+    from archiver.emulator.faults import BAD_SESSION_IDS
+
+    clean = http.get(sessions_path(emu)).json()
+    emu.inject("bad_id", times=30, endpoint="list")
+    spoiled_ids = set()
+    for _ in range(30):
+        page = http.get(sessions_path(emu)).json()
+        assert len(page) == len(clean)
+        spoiled = [i for i, c in zip(page, clean) if i.get("sessionId", None) != c["sessionId"]]
+        assert len(spoiled) == 1 and spoiled[0].get("sessionId") in BAD_SESSION_IDS
+        spoiled_ids.add(json.dumps(spoiled[0].get("sessionId")))
+    assert len(spoiled_ids) >= 4
+    emu.inject("bad_id", endpoint="get")
+    detail = http.get(f"{sessions_path(emu)}/{clean[0]['sessionId']}").json()
+    assert detail.get("sessionId") in BAD_SESSION_IDS and detail["startTime"] == clean[0]["startTime"]
+
+
+def test_drift_can_close_several_sessions_and_repeat_items(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_faults(drift=True, drift_closes=2, drift_repeats=0)
+    first = http.get(sessions_path(emu), params={"limit": 4, "offset": 0}).json()
+    second = http.get(sessions_path(emu), params={"limit": 4, "offset": 4}).json()
+    assert len(first) + len(second) == 5  # two sessions of the first page closed in between
+    emu.set_faults(drift_closes=0, drift_repeats=2)
+    first = http.get(sessions_path(emu), params={"limit": 3, "offset": 0}).json()
+    second = http.get(sessions_path(emu), params={"limit": 3, "offset": 3}).json()
+    assert [s["sessionId"] for s in second[:2]] == [s["sessionId"] for s in first[1:]]  # repeated
+
+
+def test_chaos_spoils_about_the_share_asked_and_every_kind(emu: Emulator, http: httpx.Client) -> None:
+    # (oversized bodies kept small here: only the share of faults is counted)
+    emu.set_faults(**_chaos_json(0.2), timeout_s=0.05, retry_after_s=0, oversized_bytes=10_000)
+    sid = emu.truth()[0]["sessionId"]
+    for n in range(500):
+        path = sessions_path(emu) if n % 2 else f"{sessions_path(emu)}/{sid}"
+        try:
+            http.get(path, timeout=0.02)
+        except httpx.TransportError:
+            pass
+    stats = emu.stats()
+    faults = {k.removeprefix("fault:"): v for k, v in stats.items() if k.startswith("fault:")}
+    assert 0.16 <= sum(faults.values()) / stats["requests"] <= 0.24
+    assert set(faults) >= {"429", "500", "503", "timeout", "reset", "malformed", "wrong_type", "oversized", "bad_id", "null"}
+
+
+def test_new_faults_are_switchable_over_http(emu: Emulator, http: httpx.Client) -> None:
+    base = _base(http)
+    chaos = _chaos_json(0.2)
+    settings = httpx.post(f"{base}/__emulator/faults", json=chaos).json()
+    assert {k: settings[k] for k in chaos} == chaos
+    httpx.post(f"{base}/__emulator/faults", json={k: 0 for k in chaos if k.endswith("_rate")})
+    for kind in ("wrong_type", "bad_id", "oversized"):
+        assert httpx.post(f"{base}/__emulator/inject", json={"kind": kind, "endpoint": "list"}).status_code == 200
+    assert not isinstance(http.get(sessions_path(emu)).json(), list)
+    assert any("sessionId" not in i or not isinstance(i["sessionId"], str) or len(i["sessionId"]) != 36 for i in http.get(sessions_path(emu)).json())
+    assert len(http.get(sessions_path(emu)).content) > 16 * 1024 * 1024
+    assert httpx.get(f"{base}/__emulator/stats").json()["fault:oversized"] == 1
+
+
+def test_served_pages_log_what_each_listing_request_delivered() -> None:
+    emu = Emulator(accounts=1, initial_sessions=5, seed=3, speed=0.0, spawn_per_minute=0, keep_served_pages=True)
+    with emu.serve(port=0) as server, httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {emu.token}"}) as http:
+        http.get(sessions_path(emu), params={"limit": 3, "offset": 2})
+        emu.inject(503, endpoint="list")
+        http.get(sessions_path(emu))
+        emu.inject("bad_id", endpoint="list")
+        http.get(sessions_path(emu))
+    assert emu.served_pages is not None
+    clean, failed, spoiled = emu.served_pages
+    listing = [t["sessionId"] for t in emu.truth()]
+    assert (clean.offset, clean.fault, clean.ids, clean.delivered) == (2, None, tuple(listing[2:5]), True)
+    assert (failed.fault, failed.ids, failed.delivered) == (503, (), False)
+    assert spoiled.fault == "bad_id" and spoiled.delivered and len(spoiled.ids) == 4
+    assert Emulator(accounts=1).served_pages is None  # off unless asked for
+
+
+def _chaos_json(share: float) -> dict[str, Any]:
+    from archiver.emulator import Faults
+
+    data = Faults.chaos(share).to_json()
+    return {k: v for k, v in data.items() if v != Faults().to_json()[k]}

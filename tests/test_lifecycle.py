@@ -295,6 +295,38 @@ def test_detail_of_a_vanished_session_still_open_is_retried_a_bounded_number_of_
     assert versions == 0  # nothing about the session changed
 
 
+@pytest.mark.parametrize("missing", ["closeReason", "closeReasonText"])
+def test_detail_that_shows_the_end_without_its_reason_is_asked_again(missing: str) -> None:
+    row = observe_vanished(stored(), at=T1, run_id=2).row
+    assert row is not None
+    partial = {k: v for k, v in CLOSED_OBJ.items() if k != missing}
+    seen = []
+    for attempt in range(MAX_DETAIL_ATTEMPTS):
+        t = observe_detail(row, record(**partial), at=T2 + timedelta(seconds=attempt), run_id=3 + attempt)
+        assert t.row is not None and t.row["status"] == CLOSED and t.row["end_time"] is not None
+        seen.append((t.row["detail_due"], t.row["detail_attempts"]))
+        row = t.row
+    assert seen == [("vanished", 1), ("vanished", 2), (None, 0)]  # bounded: the end itself is kept
+    owed = observe_detail(observe_vanished(stored(), at=T1, run_id=2).row or {}, record(**partial), at=T2, run_id=3).row
+    assert owed is not None
+    # the next answer carries the reason: the session is complete and nothing more is owed
+    done = observe_detail(owed, record(**CLOSED_OBJ), at=T2, run_id=4)
+    assert done.row is not None and done.version is not None
+    assert (done.row["close_reason"], done.row["close_reason_text"], done.row["detail_due"]) == ("1000", "NormalClosure", None)
+
+
+def test_missing_detail_of_a_closed_session_owed_its_reason_is_asked_again() -> None:
+    owed = observe_detail(
+        observe_vanished(stored(), at=T1, run_id=2).row or {}, record(**{**OPEN, "endTime": START_MS + 60_000}), at=T2, run_id=3
+    ).row
+    assert owed is not None and (owed["detail_due"], owed["detail_attempts"]) == ("vanished", 1)
+    t = observe_missing(owed, at=T2, run_id=4)
+    assert t.row is not None and (t.row["status"], t.row["detail_due"], t.row["detail_attempts"]) == (CLOSED, "vanished", 2)
+    last = observe_missing(t.row, at=T2, run_id=5)
+    assert last.row is not None and (last.row["status"], last.row["detail_due"]) == (CLOSED, None)
+    assert last.version is None  # closed stays closed: it is not gone
+
+
 def test_detail_of_a_vanished_session_with_new_facts_records_a_version() -> None:
     known = observe_vanished(stored(), at=T1, run_id=2).row
     assert known is not None
@@ -338,9 +370,16 @@ def test_detail_of_an_active_session_that_closed() -> None:
 # --- detail found nothing (404 / null) ----------------------------------------------------------------------------
 
 
-def test_missing_detail_of_a_vanished_session_makes_it_gone() -> None:
+def test_missing_detail_of_a_vanished_session_is_asked_again_then_makes_it_gone() -> None:
     known = observe_vanished(stored(), at=T1, run_id=2).row
     assert known is not None
+    for attempt in range(1, MAX_DETAIL_ATTEMPTS):
+        # A null or a 404 may be a passing glitch: the final state is asked for again.
+        again = observe_missing(known, at=T2, run_id=3)
+        assert again.kind == "missing" and again.version is None and again.row is not None
+        assert_shapes(again)
+        assert (again.row["status"], again.row["detail_due"], again.row["detail_attempts"]) == (VANISHED, "vanished", attempt)
+        known = again.row
     t = observe_missing(known, at=T2, run_id=3)
     assert t.kind == "gone"
     assert t.row is not None and t.version is not None
@@ -421,6 +460,7 @@ def every_transition() -> list[tuple[str, Transition, dict[str, Any] | None]]:
     active = stored()
     vanished = observe_vanished(stored(), at=T1, run_id=2).row
     assert vanished is not None
+    last_try = {**vanished, "detail_attempts": MAX_DETAIL_ATTEMPTS - 1}
     return [
         ("new", listed(None, record(**OPEN)), None),
         ("refreshed", listed(active, record(**{**OPEN, "devtoolsFrontendUrl": "https://x/ui?a=1"})), active),
@@ -431,13 +471,14 @@ def every_transition() -> list[tuple[str, Transition, dict[str, Any] | None]]:
         ("detail-closed", observe_detail(vanished, record(**CLOSED_FIELDS), at=T2, run_id=3), vanished),
         ("detail-open", observe_detail(vanished, record(**OPEN), at=T2, run_id=3), vanished),
         ("detail-active", observe_detail(active, record(**OPEN), at=T2, run_id=3), active),
-        ("gone", observe_missing(vanished, at=T2, run_id=3), vanished),
+        ("gone", observe_missing(last_try, at=T2, run_id=3), last_try),
+        ("missing-once", observe_missing(vanished, at=T2, run_id=3), vanished),
         ("missing", observe_missing(active, at=T2, run_id=3), active),
         ("rejected", observe_bad_detail(vanished, run_id=3), vanished),
     ]
 
 
-@pytest.mark.parametrize("index", range(12), ids=[name for name, _, _ in every_transition()])
+@pytest.mark.parametrize("index", range(13), ids=[name for name, _, _ in every_transition()])
 def test_every_transition_writes_whole_rows_for_the_same_session(index: int) -> None:
     _, t, known = every_transition()[index]
     assert t.row is not None

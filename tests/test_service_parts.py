@@ -7,15 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 
 from archiver import locks
 from archiver.cloudflare import RequestStats
 from archiver.config import settings_from
+from archiver.emulator import Emulator
+from archiver.errors import LeaseLostError
 from archiver.metrics import Metrics, MetricsServer
 from archiver.pacing import HEADROOM, MAX_PENALTY, Pacer
 from archiver.ratelimit import TokenBucket
-from archiver.sync import CycleResult
+from archiver.store import runs_table
+from archiver.sync import CycleOptions, CycleResult, run_cycle, utcnow
+from tests.helpers import archived, client_for
 
 A, B = "a" * 32, "b" * 32
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -124,6 +128,59 @@ def test_leases_exclude_others_until_they_lapse(any_engine: Engine) -> None:
     assert not locks.acquire(any_engine, A, "w3", 10, T0 + timedelta(seconds=24))
     locks.release(any_engine, A, "w2")
     assert locks.acquire(any_engine, A, "w3", 10, T0 + timedelta(seconds=24))
+
+
+def test_a_lapsed_lease_nobody_took_is_still_ours(any_engine: Engine) -> None:
+    # Say the database was away for longer than the lease: nobody could take it over meanwhile.
+    assert locks.acquire(any_engine, A, "w1", 10, T0)
+    assert locks.renew(any_engine, [A], "w1", 10, T0 + timedelta(seconds=30)) == {A}
+    assert not locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=35))  # renewed till 40
+    assert locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=41))
+    assert locks.renew(any_engine, [A], "w1", 10, T0 + timedelta(seconds=42)) == set()  # w2's now
+
+
+def test_confirm_fences_a_transaction_by_the_lease(any_engine: Engine) -> None:
+    assert locks.acquire(any_engine, A, "w1", 10, T0)
+    with any_engine.begin() as conn:
+        assert locks.confirm(conn, A, "w1", 10, T0 + timedelta(seconds=9))  # and extends it to 19
+    assert not locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=15))
+    with any_engine.begin() as conn:
+        assert not locks.confirm(conn, A, "w2", 10, T0 + timedelta(seconds=15))
+        assert not locks.confirm(conn, B, "w1", 10, T0 + timedelta(seconds=15))  # no lease at all
+    assert locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=20))
+    with any_engine.begin() as conn:
+        assert not locks.confirm(conn, A, "w1", 10, T0 + timedelta(seconds=21))
+
+
+def test_a_cycle_stops_writing_once_another_worker_took_the_account(any_engine: Engine) -> None:
+    emulator = Emulator(accounts=1, initial_sessions=6, seed=31, speed=0.0, spawn_per_minute=0)
+    account = emulator.account_ids[0]
+    assert locks.acquire(any_engine, account, "w1", 60, utcnow())
+    fenced: list[str] = []
+
+    def fence(conn: Connection) -> None:
+        fenced.append("write")
+        if len(fenced) == 3:
+            # after the ledger row and the listing page: w1 stalls past its lease, w2 takes over
+            assert locks.acquire(any_engine, account, "w2", 60, utcnow() + timedelta(seconds=61))
+        if not locks.confirm(conn, account, "w1", 60, utcnow()):
+            raise LeaseLostError("another worker took the account over")
+
+    with emulator.serve(port=0) as server:
+
+        async def go() -> CycleResult:
+            async with client_for(server, emulator) as client:
+                api = client.account(account, RequestStats())
+                return await run_cycle(api, any_engine, CycleOptions(worker="w1"), fence=fence)
+
+        outcome = asyncio.run(go())
+    assert outcome.outcome == "failed" and "another worker" in (outcome.error or "")
+    rows = archived(any_engine, account)
+    assert len(rows) == 6  # the page stored before the takeover stays
+    assert all(r["last_detail_at"] is None for r in rows.values())  # nothing written after it
+    with any_engine.connect() as conn:
+        run = conn.execute(select(runs_table)).mappings().one()
+    assert run["outcome"] == "failed" and run["finished_at"] is not None  # its own ledger row is closed
 
 
 # -- metrics and health ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import random
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archiver.emulator.clock import Clock
-from archiver.emulator.faults import Faults, FaultPlan, Injection
+from archiver.emulator.faults import WRONG_TYPES, FaultPlan, Faults
 from archiver.emulator.server import (
     GET_PATH,
     LIST_PATH,
@@ -34,6 +35,23 @@ class ServerInfo:
     base_url: str
 
 
+@dataclass(frozen=True)
+class ServedPage:
+    """One listing request as the emulator answered it: when (Unix time), for which account,
+    at which offset, with which fault (None: a clean answer), and the valid ids it carried."""
+
+    at: float
+    account_id: str
+    offset: int
+    fault: int | str | None
+    ids: tuple[str, ...]
+
+    @property
+    def delivered(self) -> bool:
+        """Whether the client got the page's items (a spoiled id still delivers the others)."""
+        return self.fault in (None, "bad_id")
+
+
 class Emulator:
     """A Cloudflare-compatible fake of the DevTools session endpoints, with its ground truth."""
 
@@ -52,6 +70,7 @@ class Emulator:
         api_key: str | None = None,
         faults: Faults | None = None,
         start_ms: float | None = None,
+        keep_served_pages: bool = False,
     ) -> None:
         rng = random.Random(seed)
         if isinstance(accounts, int):
@@ -78,6 +97,9 @@ class Emulator:
         self._rate = RateWindow()
         self._counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
+        # Every listing page served, for tests that check what a client was shown (off by
+        # default: a long-running emulator would grow it without end).
+        self.served_pages: list[ServedPage] | None = [] if keep_served_pages else None
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -95,6 +117,10 @@ class Emulator:
     def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None) -> None:
         """Answer the next ``times`` matching requests with a status or a fault kind."""
         self._plan.inject(kind, times, endpoint, retry_after)
+
+    def clear_injections(self) -> None:
+        """Drop the scripted faults not yet used."""
+        self._plan.clear()
 
     def world(self, account_id: str) -> World:
         return self._worlds[account_id]
@@ -143,6 +169,7 @@ class Emulator:
             return self._control(method, path, body)
         list_match, get_match = LIST_PATH.match(path), GET_PATH.match(path)
         if method != "GET" or not (list_match or get_match):
+            self._count("route:unknown")
             return error_reply(404, "No route for that URI")
         endpoint = "list" if list_match else "get"
         self._count("requests", f"endpoint:{endpoint}")
@@ -160,74 +187,87 @@ class Emulator:
         if faults.enforce_rate_limit:
             wait = self._rate.check(credential, faults.rate_limit_requests, faults.rate_limit_window_s)
             if wait is not None:
-                return error_reply(429, headers={"Retry-After": str(max(1, round(wait)))})
+                return self._served(endpoint, match, query, 429, error_reply(429, headers={"Retry-After": str(max(1, round(wait)))}))
         injection = self._plan.next_injection(endpoint)
-        if injection is not None:
-            return self._injected(injection)
-        random_fault = self._random_fault(endpoint)
-        if random_fault is not None:
-            return random_fault
+        kind = injection.kind if injection is not None else self._plan.kind_for(endpoint)
+        if isinstance(kind, int):
+            retry = injection.retry_after if injection is not None and injection.retry_after is not None else faults.retry_after_s
+            reply = error_reply(kind, headers={"Retry-After": f"{retry:g}"} if kind == 429 else None)
+            return self._served(endpoint, match, query, kind, reply)
+        if kind in ("reset", "malformed", "null", "wrong_type"):
+            return self._served(endpoint, match, query, kind, self._fault_reply(kind, endpoint))
         account_id = match.group(1)
         if account_id not in self._worlds:
             return error_reply(403)
         world = self._worlds[account_id]
         if endpoint == "list":
-            return self._list(world, query)
-        session_id = match.group(2)
-        if not UUID.fullmatch(session_id):
-            return error_reply(400, "Invalid session id")
-        item = world.get(session_id)
-        if item is None:
-            return error_reply(404)
-        if self._plan.draw(faults.odd_fields_rate):
-            item = self._plan.odd_item(item)
-        return self._ok(item)
+            reply = self._list(world, query, spoil_id=kind == "bad_id")
+        else:
+            reply = self._get(world, match.group(2), spoil_id=kind == "bad_id")
+        if kind == "timeout":
+            reply.delay_s += faults.timeout_s  # the real answer, too late for the client
+        elif kind == "oversized" and reply.status == 200:
+            reply.body = _padded(reply.body or b"", faults.oversized_bytes)
+        return self._served(endpoint, match, query, kind, reply)
 
-    def _list(self, world: World, query: dict[str, list[str]]) -> Reply:
+    def _list(self, world: World, query: dict[str, list[str]], spoil_id: bool = False) -> Reply:
         limit = _int_param(query, "limit", 200)
         offset = _int_param(query, "offset", 0)
         if limit is None or not 1 <= limit <= 200:
             return error_reply(400, "limit must be an integer between 1 and 200")
         if offset is None or offset < 0:
             return error_reply(400, "offset must be a non-negative integer")
-        if self.faults.drift and offset > 0:
-            world.close_one_before(offset)  # a session on an earlier page ends between two requests
+        faults = self.faults
+        if faults.drift and offset > 0:
+            for _ in range(faults.drift_closes):
+                world.close_one_before(offset)  # a session on an earlier page ends between two requests
+            offset = max(0, offset - faults.drift_repeats)
         items = world.listing()[offset : offset + limit]
-        if self.faults.odd_fields_rate:
-            items = [self._plan.odd_item(i) if self._plan.draw(self.faults.odd_fields_rate) else i for i in items]
-        return self._ok(items)
+        if faults.odd_fields_rate:
+            items = [self._plan.odd_item(i) if self._plan.draw(faults.odd_fields_rate) else i for i in items]
+        if spoil_id and items:
+            index = int(self._plan.choice(range(len(items))))
+            items = [*items[:index], self._plan.bad_id(items[index]), *items[index + 1 :]]
+        reply = self._ok(items)
+        reply.served = [i["sessionId"] for i in items if isinstance(i.get("sessionId"), str) and UUID.fullmatch(i["sessionId"])]
+        return reply
+
+    def _get(self, world: World, session_id: str, spoil_id: bool = False) -> Reply:
+        if not UUID.fullmatch(session_id):
+            return error_reply(400, "Invalid session id")
+        item = world.get(session_id)
+        if item is None:
+            return error_reply(404)
+        if self._plan.draw(self.faults.odd_fields_rate):
+            item = self._plan.odd_item(item)
+        if spoil_id:
+            item = self._plan.bad_id(item)
+        return self._ok(item)
 
     def _ok(self, data: Any) -> Reply:
         if self.faults.envelope:
             data = {"success": True, "errors": [], "messages": [], "result": data}
         return json_reply(200, data)
 
-    def _injected(self, injection: Injection) -> Reply:
-        kind = injection.kind
-        if isinstance(kind, int):
-            retry = injection.retry_after if injection.retry_after is not None else self.faults.retry_after_s
-            return error_reply(kind, headers={"Retry-After": f"{retry:g}"} if kind == 429 else None)
-        return self._fault_reply(kind)
+    def _served(self, endpoint: str, match: Any, query: dict[str, list[str]], fault: int | str | None, reply: Reply) -> Reply:
+        """Count the fault, note a listing page in the served-pages log (when kept), pass the reply on."""
+        if fault is not None:
+            self._count(f"fault:{fault}")
+        if self.served_pages is not None and endpoint == "list":
+            outcome = fault if fault is not None or reply.status == 200 else reply.status
+            page = ServedPage(time.time(), match.group(1), _int_param(query, "offset", 0) or 0, outcome, tuple(reply.served or ()))
+            with self._counter_lock:
+                self.served_pages.append(page)
+        return reply
 
-    def _random_fault(self, endpoint: str) -> Reply | None:
-        faults = self.faults
-        if self._plan.draw(faults.error_rate):
-            status = self._plan.choice(faults.error_statuses)
-            return error_reply(status, headers={"Retry-After": f"{faults.retry_after_s:g}"} if status == 429 else None)
-        for kind, rate in (("timeout", faults.timeout_rate), ("reset", faults.reset_rate), ("malformed", faults.malformed_rate)):
-            if self._plan.draw(rate):
-                return self._fault_reply(kind)
-        if endpoint == "get" and self._plan.draw(faults.null_detail_rate):
-            return self._fault_reply("null")
-        return None
-
-    def _fault_reply(self, kind: str) -> Reply:
+    def _fault_reply(self, kind: str, endpoint: str) -> Reply:
         if kind == "reset":
             return Reply(0, None)
-        if kind == "timeout":
-            return Reply(200, b"[]", delay_s=self.faults.timeout_s)
         if kind == "null":
             return Reply(200, b"null")
+        if kind == "wrong_type":
+            wrong = [w for w in WRONG_TYPES if not isinstance(w, list if endpoint == "list" else dict)]
+            return json_reply(200, self._plan.choice(wrong))
         return Reply(200, b'[{"sessionId": "0f0e', {})  # malformed: truncated mid-body
 
     def _credential(self, headers: dict[str, str]) -> str | None:
@@ -301,3 +341,8 @@ def _int_param(query: dict[str, list[str]], name: str, default: int) -> int | No
     except ValueError:
         return None
     return int(number) if number.is_integer() else None
+
+
+def _padded(body: bytes, size: int) -> bytes:
+    """The body with trailing whitespace up to ``size`` bytes: still the same JSON if read whole."""
+    return body + b" " * max(0, size - len(body))
