@@ -30,7 +30,7 @@ from archiver.emulator import Emulator, Faults
 from archiver.emulator.app import ServedPage
 from archiver.models import Base
 from archiver.records import ms_to_datetime
-from archiver.store import runs_table, sessions_table, versions_table
+from archiver.store import make_engine, runs_table, sessions_table, versions_table
 
 OK_OUTCOMES = ("ok", "partial")
 
@@ -268,6 +268,16 @@ class SoakRun:
         return self.sim0_ms + (wall - self.wall0) * 1000 * self.plan.speed
 
 
+@contextmanager
+def archive_engine(url: str) -> Iterator[Engine]:
+    """An engine on the soak's archive, disposed however the soak ends."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: Engine,
           outage: Callable[[], Any]) -> SoakRun:
     """Run the soak: start the service, kill it and take the database away at random moments,
@@ -297,9 +307,11 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
             emulator.inject(429, times=8, retry_after=1)  # more than one request's retries
             run.storm_at = time.time()
         else:
-            # more sessions close between two page requests than the pages overlap by
+            # more sessions close between two page requests than the pages overlap by, until a
+            # listing has met it (a cycle failing on something else meanwhile would not)
+            shifted_at = time.time()
             emulator.set_faults(drift_closes=12)
-            _sleep_supervised(3 * plan.interval_s, supervisor)
+            _wait_for(lambda: _flagged_incomplete_since(engine, shifted_at), supervisor, started, plan.deadline_s)
             emulator.set_faults(drift_closes=2)
     _wait_for(lambda: _progress(engine, emulator, plan) >= 1.0, supervisor, started, plan.deadline_s)
     run.stop_code = supervisor.stop()
@@ -321,6 +333,17 @@ def _progress(engine: Engine, emulator: Emulator, plan: SoakPlan, since: float =
         return 0.0
     done = Counter(account for account, _ in ok)
     return min(done[a] for a in emulator.account_ids) * len(emulator.account_ids) / plan.cycles
+
+
+def _flagged_incomplete_since(engine: Engine, since: float) -> bool:
+    """Whether a cycle that started after ``since`` (Unix time) stored an incomplete listing."""
+    r = runs_table.c
+    try:
+        with engine.connect() as conn:
+            starts = conn.scalars(select(r.started_at).where(r.outcome == "partial", r.listing_complete.is_(False)))
+            return any(started.timestamp() > since for started in starts)
+    except Exception:  # the database may be away
+        return False
 
 
 def _wait_for(condition: Callable[[], bool], supervisor: Supervisor, started: float, deadline_s: float) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from archiver.store import make_engine
 from tests.soak import (
     SoakFigures,
     SoakPlan,
     SoakRun,
     Supervisor,
     TcpProxy,
+    archive_engine,
     compare,
     devtools_url_tokens,
     drive,
@@ -29,9 +29,8 @@ def test_soak_on_sqlite(tmp_path: Path) -> None:
     plan = SoakPlan.from_env(seed=1)
     emulator = plan.emulator()
     db = tmp_path / "archive.db"
-    engine = make_engine(f"sqlite:///{db}")
     log = tmp_path / "service.log"
-    with emulator.serve(port=0) as server:
+    with archive_engine(f"sqlite:///{db}") as engine, emulator.serve(port=0) as server:
         # A short busy timeout, so that the locked file fails writes rather than only delaying them.
         env = plan.service_env(emulator, server.base_url, f"sqlite:///{db}?timeout=1", log_format="json")
         env["CLOUDFLARE_API_TOKEN"] = emulator.token
@@ -40,12 +39,12 @@ def test_soak_on_sqlite(tmp_path: Path) -> None:
             run = drive(plan, emulator, supervisor, engine, lambda: sqlite_locked(db))
         finally:
             supervisor.abandon()
-    figures = compare(run, engine)
+        figures = compare(run, engine)
+        database_text = text_of_every_column(engine)
     assert_nothing_lost(figures, run)
     assert_outage_was_felt(log.read_text())
     secret_free = [emulator.token, *devtools_url_tokens(emulator)]
-    assert_no_secrets(log.read_text(), text_of_every_column(engine), secret_free)
-    engine.dispose()
+    assert_no_secrets(log.read_text(), database_text, secret_free)
 
 
 def test_soak_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
@@ -55,9 +54,8 @@ def test_soak_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
     password = f"pw-{secrets.token_hex(8)}"  # the test server trusts loopback and ignores it
     service_url = url.set(host="127.0.0.1", port=proxy.port, password=password).render_as_string(hide_password=False)
-    engine = make_engine(postgres_url)
     log = tmp_path / "service.log"
-    with emulator.serve(port=0) as server:
+    with archive_engine(postgres_url) as engine, emulator.serve(port=0) as server:
         env = plan.service_env(emulator, server.base_url, service_url, log_format="text")
         env.update({"CLOUDFLARE_EMAIL": emulator.email, "CLOUDFLARE_API_KEY": emulator.api_key})
         supervisor = Supervisor(env, log)
@@ -66,12 +64,12 @@ def test_soak_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
         finally:
             supervisor.abandon()
             proxy.close()
-    figures = compare(run, engine)
+        figures = compare(run, engine)
+        database_text = text_of_every_column(engine)
     assert_nothing_lost(figures, run)
     assert_outage_was_felt(log.read_text())
     secret_free = [emulator.api_key, password, *devtools_url_tokens(emulator)]
-    assert_no_secrets(log.read_text(), text_of_every_column(engine), secret_free)
-    engine.dispose()
+    assert_no_secrets(log.read_text(), database_text, secret_free)
 
 
 def assert_nothing_lost(figures: SoakFigures, run: SoakRun) -> None:
