@@ -18,6 +18,7 @@ from archiver.config import Settings
 from archiver.metrics import Metrics, MetricsServer
 from archiver.pacing import Pacer
 from archiver.ratelimit import TokenBucket
+from archiver.records import RecordMemo
 from archiver.store import sessions_table
 from archiver.sync import CycleOptions, run_cycle, utcnow
 
@@ -49,6 +50,8 @@ class Service:
         self.client: CloudflareClient | None = None
         self._signals = 0
         self._gauge_refreshed: dict[str, float] = {}
+        # Each account's latest listing, parsed: the next cycle re-parses only what changed.
+        self.memos = {account_id: RecordMemo() for account_id in self.accounts}
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit code."""
@@ -147,7 +150,7 @@ class Service:
             return
         self.held.add(account_id)
         stats = RequestStats()
-        result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options)
+        result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options, memo=self.memos[account_id])
         self.metrics.record_cycle(result, stats)
         self._refresh_session_gauge(account_id)
         self._repace(account_id, stats)

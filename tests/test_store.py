@@ -110,6 +110,22 @@ def test_upsert_inserts_then_updates_and_keeps_aware_utc(any_engine: Engine) -> 
     assert loaded[sid(2)] == session_row(sid(2))
 
 
+def test_load_states_is_the_state_part_of_the_rows(any_engine: Engine) -> None:
+    ended = T0 + timedelta(minutes=1, microseconds=3)
+    rows = [session_row(sid(n)) for n in range(3)] + [session_row(sid(3), status=CLOSED, end_time=ended, close_reason="1000")]
+    with any_engine.begin() as conn:
+        store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
+    ids = [sid(n) for n in range(5)]
+    with any_engine.connect() as conn:
+        states = store.load_states(conn, ACCOUNT, ids)
+        whole = store.load_sessions(conn, ACCOUNT, ids)
+        assert store.load_states(conn, "f" * 32, ids) == {}
+    assert set(states) == set(whole) == {sid(n) for n in range(4)}
+    for session_id, state in states.items():
+        assert state == {name: whole[session_id][name] for name in store.STATE_COLUMNS}
+    assert states[sid(3)]["end_time"] == ended and states[sid(3)]["status"] == CLOSED
+
+
 def test_due_for_detail_orders_by_urgency_then_age(engine: Engine) -> None:
     rows = [
         session_row(sid(1), detail_due="new", first_seen_at=T0),

@@ -76,6 +76,9 @@ class RateWindow:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections
+    # Headers and body go out in separate writes: without this, Nagle holds the body back until
+    # the client acknowledges the headers, tens of milliseconds per answer with delayed ACKs.
+    disable_nagle_algorithm = True
     server: EmulatorHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
