@@ -115,6 +115,9 @@ class Handler(BaseHTTPRequestHandler):
 class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A client opening dozens of connections at once must not overflow the listen backlog (the
+    # default is 5): a dropped SYN is retried only a second later.
+    request_queue_size = 128
 
     def __init__(self, port: int, emulator: Emulator) -> None:
         super().__init__(("127.0.0.1", port), Handler)
