@@ -176,23 +176,47 @@ def redact_url(url: str, _depth: int = 0) -> str:
     redacted recursively rather than wholesale, so the host and path stay useful for forensics.
     """
     try:
+        plain = _split_plain_url(url)
+        if plain is not None:
+            # What urlunsplit would join, without urlsplit's and urlunsplit's general machinery.
+            head, query = plain
+            return f"{head}?{_redact_query(query, _depth)}"
         parts = urlsplit(url)
         netloc = parts.netloc
         if "@" in netloc:
             netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-        query_items = []
-        for item in parts.query.split("&") if parts.query else []:
-            key, has_value, value = item.partition("=")
-            if not has_value:
-                query_items.append(REDACTED)  # a bare ?token is a value without a key
-            elif "?" in unquote(value) and _depth < 3:
-                query_items.append(f"{key}={redact_url(unquote(value), _depth + 1)}")  # a URL with its own query
-            else:
-                query_items.append(f"{key}={REDACTED if value else ''}")
         fragment = REDACTED if parts.fragment else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query_items), fragment))
+        return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query, _depth), fragment))
     except ValueError:
         return REDACTED
+
+
+def _redact_query(query: str, depth: int) -> str:
+    items = []
+    for item in query.split("&") if query else []:
+        key, has_value, value = item.partition("=")
+        if not has_value:
+            items.append(REDACTED)  # a bare ?token is a value without a key
+        elif "?" in unquote(value) and depth < 3:
+            items.append(f"{key}={redact_url(unquote(value), depth + 1)}")  # a URL with its own query
+        else:
+            items.append(f"{key}={REDACTED if value else ''}")
+    return "&".join(items)
+
+
+# The everyday shapes of a DevTools URL, "scheme://host/path?query" and "host/path?query", in
+# printable ASCII without a fragment, brackets or user info. For these, urlsplit only splits and
+# urlunsplit joins the parts back as they were, so redaction can skip both (most of its cost).
+_PLAIN_URL = re.compile(r"([a-z][a-z0-9+.\-]*://[^/?#@\[\]]+(?:/[^?#]*)?)\?([^#]+)")
+_PLAIN_PATH = re.compile(r"([^/?#:][^?#:]*)\?([^#]+)")
+
+
+def _split_plain_url(url: str) -> tuple[str, str] | None:
+    """(everything before the first ``?``, the query) for a URL of a plain shape, else None."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return None
+    match = _PLAIN_URL.fullmatch(url) or _PLAIN_PATH.fullmatch(url)
+    return (match[1], match[2]) if match else None
 
 
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;][\w.\-]+=)(?P<value>[^&\s\"'\\]+)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -147,9 +147,10 @@ def load_states(conn: Connection, account_id: str, session_ids: Iterable[str]) -
     return found
 
 
-def active_session_ids(conn: Connection, account_id: str) -> set[str]:
-    """Ids of the account's sessions that the archive believes are open."""
-    return set(conn.scalars(_ACTIVE_IDS, {"account_id": account_id}))
+def active_ids_absent_from(conn: Connection, account_id: str, present: Container[str]) -> list[str]:
+    """Ids of the account's active sessions that are not in ``present``, sorted. Read row by row:
+    an account with a huge listing never holds all of its ids twice."""
+    return sorted(session_id for session_id in conn.scalars(_ACTIVE_IDS, {"account_id": account_id}) if session_id not in present)
 
 
 def sessions_due_for_detail(conn: Connection, account_id: str, limit: int) -> list[dict[str, Any]]:

@@ -250,8 +250,8 @@ class _Cycle:
     def _mark_vanished(self) -> None:
         at = self.clock()
         with self.engine.begin() as conn:
-            absent = store.active_session_ids(conn, self.account_id) - self.seen
-            known = store.load_sessions(conn, self.account_id, sorted(absent))
+            absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
+            known = store.load_sessions(conn, self.account_id, absent)
             steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
             store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
             store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])

@@ -35,7 +35,7 @@ DIALECT_SQL = {
     },
     "postgresql": {
         "series": "",
-        "from": "generate_series(0, :count - 1) AS i",
+        "from": "generate_series(CAST(0 AS bigint), CAST(:count AS bigint) - 1) AS i",
         "sid": "format('%s-0000-4000-8000-%s', lpad(to_hex(i), 8, '0'), lpad(to_hex(i), 12, '0'))",
         "at": "(timestamptz '2020-01-01 00:00:00+00' + (i * 60 + {s}) * interval '1 second')",
         "json": "jsonb_build_object('sessionId', {sid}, 'closeReason', 'NormalClosure', 'startTime', 1577836800000 + i * 60000)",

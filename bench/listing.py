@@ -54,6 +54,6 @@ def run(options: Options) -> Outcome:
         "against an emulator in another process with that many open sessions; `cold` starts from an empty "
         "archive, `warm` runs again over it. Default settings (detail policy `changed`, budget 100: every "
         "cycle also fetches 100 owed details), client-side rate limit lifted. Wall and CPU time of the cycle "
-        "in-process (time.perf_counter, time.process_time); peak RSS is the process's ru_maxrss.",
+        "in-process (time.perf_counter, time.process_time); peak RSS is the process's high-water mark (VmHWM).",
     )
     return outcome

@@ -22,7 +22,16 @@ LIFTED_RATE_LIMIT = 100_000.0
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident set size. On Linux, VmHWM: ru_maxrss would also count the
+    parent's memory at the moment it started this process (the exec keeps the old high-water mark)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 async def one_cycle(base_url: str, token: str, account_id: str, database_url: str) -> dict[str, Any]:

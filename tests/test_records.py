@@ -6,7 +6,7 @@ import json
 import math
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -820,3 +820,48 @@ def _json_safe(obj: Any) -> bool:
         return decoded(obj) == obj
     except ValueError:
         return False
+
+
+def redact_url_generally(url: str, depth: int = 0) -> str:
+    """The redaction spelled out with urlsplit and urlunsplit for every URL: the reference that
+    redact_url's shortcut for plain URLs must always agree with."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+        items = []
+        for item in parts.query.split("&") if parts.query else []:
+            key, has_value, value = item.partition("=")
+            if not has_value:
+                items.append(REDACTED)
+            elif "?" in unquote(value) and depth < 3:
+                items.append(f"{key}={redact_url_generally(unquote(value), depth + 1)}")
+            else:
+                items.append(f"{key}={REDACTED if value else ''}")
+        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(items), REDACTED if parts.fragment else ""))
+    except ValueError:
+        return REDACTED
+
+
+url_pieces = st.sampled_from(
+    ["https://", "wss://", "HTTP://", "ws:", "//", "h.example", "[::1]", "[", "user:pw@", "@", ":9222", "/", "/a/b",
+     "?", "?x=", "&", "=", "jwt=abc", "wss=", "live.browser.run/x?jwt=t", "%3F", "#", "#frag", " ", "\t", "\n", "é",
+     ":", "a:b", "\x00", "x"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(url_pieces, max_size=8).map("".join) | st.text(max_size=40) | url_with_planted_token().map(lambda p: p[0]))
+def test_redact_url_agrees_with_the_general_redaction(url: str) -> None:
+    assert redact_url(url) == redact_url_generally(url)
+
+
+def test_redact_url_of_the_emulators_urls_agrees_with_the_general_redaction() -> None:
+    from archiver.emulator import Emulator
+
+    emulator = Emulator(accounts=1, initial_sessions=20, seed=4, speed=0.0, spawn_per_minute=0)
+    for item in emulator.world(emulator.account_ids[0]).listing():
+        for key in ("devtoolsFrontendUrl", "webSocketDebuggerUrl"):
+            assert redact_url(item[key]) == redact_url_generally(item[key])
+            assert "jwt=REDACTED" in redact_url(item[key])

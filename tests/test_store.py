@@ -102,7 +102,8 @@ def test_upsert_inserts_then_updates_and_keeps_aware_utc(any_engine: Engine) -> 
         )
     with any_engine.connect() as conn:
         loaded = store.load_sessions(conn, ACCOUNT, [sid(0), sid(1), sid(2), sid(9)])
-        assert store.active_session_ids(conn, ACCOUNT) == {sid(0), sid(2)}
+        assert store.active_ids_absent_from(conn, ACCOUNT, {sid(0), sid(9)}) == [sid(2)]
+        assert store.active_ids_absent_from(conn, ACCOUNT, set()) == [sid(0), sid(2)]
     assert set(loaded) == {sid(0), sid(1), sid(2)}
     assert loaded[sid(1)]["end_time"] == ended
     assert loaded[sid(1)]["end_time"].tzinfo is not None
