@@ -73,6 +73,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
         return to_sqlite_text
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # The SQLite text parsed as SQLAlchemy's DATETIME parses it, and made aware, in one step.
+        def from_sqlite_text(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+        return from_sqlite_text
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

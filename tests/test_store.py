@@ -203,3 +203,17 @@ def test_sqlite_timestamps_are_bound_as_sqlalchemy_would_store_them(value: datet
     assert fused(None) is None
     with pytest.raises(ValueError, match="naive"):
         fused(value.replace(tzinfo=None))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1)), st.sampled_from(["", "+00:00", "+05:30"]))
+def test_sqlite_timestamps_are_read_as_sqlalchemy_would_read_them(value: datetime, offset: str) -> None:
+    dialect = sqlite.dialect()
+    stored = value.isoformat(sep=" ") + offset
+    generic = sqlite.DATETIME().result_processor(dialect, None)
+    assert generic is not None
+    fused = UTCDateTime().result_processor(dialect, None)
+    assert fused is not None
+    expected = UTCDateTime().process_result_value(generic(stored), dialect)
+    assert fused(stored) == expected and fused(stored).tzinfo is UTC  # type: ignore[union-attr]
+    assert fused(None) is None
