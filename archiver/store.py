@@ -52,9 +52,12 @@ _COUNT_DUE = select(func.count()).where(
     sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.detail_due.is_not(None)
 )
 _FINISH_RUN = update(runs_table).where(runs_table.c.id == bindparam("run"))
-_ABORT_STALE = (
+_RUNNING = select(runs_table.c.id, runs_table.c.started_at).where(
+    runs_table.c.account_id == bindparam("account_id"), runs_table.c.outcome == "running"
+)
+_ABORT_RUNS = (
     update(runs_table)
-    .where(runs_table.c.account_id == bindparam("account"), runs_table.c.outcome == "running", runs_table.c.started_at < bindparam("before"))
+    .where(runs_table.c.id.in_(bindparam("ids", expanding=True)))
     .values(outcome="aborted", finished_at=bindparam("now"), error="the process running this cycle stopped before it ended")
 )
 _TOUCH_SEEN = (
@@ -195,4 +198,9 @@ def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None
 
 def abort_stale_runs(conn: Connection, account_id: str, before: datetime, now: datetime) -> int:
     """Close ledger rows left 'running' by a process that died; return how many."""
-    return conn.execute(_ABORT_STALE, {"account": account_id, "before": before, "now": now}).rowcount
+    # Found by (account_id, outcome) first: in one statement, SQLite's planner may take the
+    # (account_id, started_at) index instead and scan the account's whole ledger every cycle.
+    stale = [run_id for run_id, started_at in conn.execute(_RUNNING, {"account_id": account_id}) if started_at < before]
+    if stale:
+        conn.execute(_ABORT_RUNS, {"ids": stale, "now": now})
+    return len(stale)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from sqlalchemy import Engine
+
 from archiver.cloudflare import RequestStats
 from archiver.config import Settings
 from archiver.sync import CycleOptions, run_cycle
@@ -16,20 +18,20 @@ LATENCY_MS = 50.0
 CONCURRENCIES = (1, 8, 32)
 
 
-async def detail_rate(remote: RemoteEmulator, settings: Settings, engine: object, details: int) -> float:
+async def detail_rate(remote: RemoteEmulator, settings: Settings, engine: Engine, details: int) -> float:
     """Details per second of one cycle that owes ``details`` of them (its one list page excluded)."""
     account = settings.accounts()[0]
     async with client(settings) as api_client:
         # First, store the listing without fetching anything: every session is then owed a detail.
         quiet = CycleOptions.from_settings(settings.model_copy(update={"detail_budget": 0}))
-        await run_cycle(api_client.account(account, RequestStats()), engine, quiet)  # type: ignore[arg-type]
+        await run_cycle(api_client.account(account, RequestStats()), engine, quiet)
         remote.call("set_faults", latency_ms=LATENCY_MS)
         page_started = time.perf_counter()
         await api_client.account(account, RequestStats()).probe()  # what one list request costs now
         page = time.perf_counter() - page_started
         stats = RequestStats()
         started = time.perf_counter()
-        result = await run_cycle(api_client.account(account, stats), engine, CycleOptions.from_settings(settings))  # type: ignore[arg-type]
+        result = await run_cycle(api_client.account(account, stats), engine, CycleOptions.from_settings(settings))
         elapsed = time.perf_counter() - started - page
         remote.call("set_faults", latency_ms=0.0)
     if result.outcome != "ok" or result.counts.get("details_fetched") != details:

@@ -157,12 +157,18 @@ def test_touch_seen_moves_only_the_given_sessions(engine: Engine) -> None:
     assert loaded[sid(2)]["last_run_id"] == 7
 
 
-def test_stale_running_rows_are_aborted(engine: Engine) -> None:
-    with engine.begin() as conn:
+def test_stale_running_rows_are_aborted(any_engine: Engine) -> None:
+    with any_engine.begin() as conn:
         old = store.open_run(conn, ACCOUNT, "host:1", T0)
+        later = store.open_run(conn, ACCOUNT, "host:2", T0 + timedelta(seconds=5))
+        other = store.open_run(conn, "f" * 32, "host:3", T0)
+        done = store.open_run(conn, ACCOUNT, "host:4", T0)
+        store.finish_run(conn, done, {"outcome": "ok", "finished_at": T0})
         assert store.abort_stale_runs(conn, ACCOUNT, before=T0 + timedelta(seconds=1), now=T0 + timedelta(seconds=2)) == 1
-        outcome = conn.execute(select(store.runs_table.c.outcome).where(store.runs_table.c.id == old)).scalar_one()
-    assert outcome == "aborted"
+        assert store.abort_stale_runs(conn, ACCOUNT, before=T0 + timedelta(seconds=1), now=T0 + timedelta(seconds=3)) == 0
+        rows = {r.id: r for r in conn.execute(select(store.runs_table))}
+    assert {n: rows[n].outcome for n in (old, later, other, done)} == {old: "aborted", later: "running", other: "running", done: "ok"}
+    assert rows[old].finished_at == T0 + timedelta(seconds=2) and "stopped" in rows[old].error
 
 
 def test_sqlite_file_is_private(tmp_path: Path) -> None:
