@@ -40,35 +40,59 @@ def emulator(seed: int = 3) -> RemoteEmulator:
     return RemoteEmulator(accounts=1, initial_sessions=0, seed=seed, speed=0.0, spawn_per_minute=0.0)
 
 
+class SteadyAccount:
+    """One emulated account in steady state, and the archiver polling it as a resident service does
+    (one client, one engine, the parsed-record memo kept), one measured cycle at a time."""
+
+    def __init__(self, remote: RemoteEmulator, settings: Settings, engine: Engine) -> None:
+        self.remote = remote
+        self.engine = engine
+        self.settings = settings
+        self.account = settings.accounts()[0]
+        self.options = CycleOptions.from_settings(settings)
+        self.memo = RecordMemo()
+        self.run = SteadyRun([], [], [])
+        self._client = client(settings)
+
+    async def __aenter__(self) -> SteadyAccount:
+        if self.remote.call("active_count", self.account) < SESSIONS:
+            self.remote.call("populate", self.account, SESSIONS)
+        for _ in range(WARMUP_CYCLES):
+            await self._cycle()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def cycle(self, options: Options = Options(), label: str = "") -> None:
+        """One measured cycle; it must make exactly the minimal requests: one list page plus one
+        detail per new, changed and vanished session."""
+        with profiled(options, label):
+            wall, cpu, stats, counts = await self._cycle()
+        minimal = 1 + sum(counts.get(kind, 0) for kind in ("new", "changed", "vanished"))
+        if stats.requests != minimal or minimal != 1 + sum(CHURN.values()):
+            raise AssertionError(f"cycle made {stats.requests} requests, expected {minimal} ({counts})")
+        self.run.walls_ms.append(wall * 1000)
+        self.run.cpus_ms.append(cpu * 1000)
+        self.run.requests.append(stats.requests)
+
+    async def _cycle(self) -> tuple[float, float, RequestStats, dict[str, int]]:
+        self.remote.call("churn", self.account, **CHURN)
+        stats = RequestStats()
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = await run_cycle(self._client.account(self.account, stats), self.engine, self.options, memo=self.memo)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if result.outcome != "ok":
+            raise AssertionError(f"cycle failed: {result.error}")
+        return wall, cpu, stats, result.counts
+
+
 async def measure(remote: RemoteEmulator, settings: Settings, engine: Engine, cycles: int, options: Options, label: str) -> SteadyRun:
-    """Run warm-up cycles, then ``cycles`` measured ones; every measured cycle must make exactly the
-    minimal requests: one list page plus one detail per new, changed and vanished session."""
-    account = settings.accounts()[0]
-    if remote.call("active_count", account) < SESSIONS:
-        remote.call("populate", account, SESSIONS)
-    cycle_options = CycleOptions.from_settings(settings)
-    memo = RecordMemo()  # kept from cycle to cycle, as the service keeps it
-    run = SteadyRun([], [], [])
-    async with client(settings) as api_client:
-        for number in range(WARMUP_CYCLES + cycles):
-            remote.call("churn", account, **CHURN)
-            stats = RequestStats()
-            measured = number >= WARMUP_CYCLES
-            with profiled(options if measured and number == WARMUP_CYCLES else Options(), label):
-                wall, cpu = time.perf_counter(), time.process_time()
-                result = await run_cycle(api_client.account(account, stats), engine, cycle_options, memo=memo)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            if result.outcome != "ok":
-                raise AssertionError(f"cycle failed: {result.error}")
-            if not measured:
-                continue
-            minimal = 1 + sum(result.counts.get(kind, 0) for kind in ("new", "changed", "vanished"))
-            if stats.requests != minimal or minimal != 1 + sum(CHURN.values()):
-                raise AssertionError(f"cycle made {stats.requests} requests, expected {minimal} ({result.counts})")
-            run.walls_ms.append(wall * 1000)
-            run.cpus_ms.append(cpu * 1000)
-            run.requests.append(stats.requests)
-    return run
+    """Warm-up cycles, then ``cycles`` measured ones (the first of them profiled with --profile)."""
+    async with SteadyAccount(remote, settings, engine) as account:
+        for number in range(cycles):
+            await account.cycle(options if number == 0 else Options(), label)
+    return account.run
 
 
 def report(outcome: Outcome, case: str, run: SteadyRun, *, targets: bool) -> None:
