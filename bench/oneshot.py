@@ -7,6 +7,7 @@ all) are then the archiver's alone. Prints one JSON object.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import resource
 import sys
@@ -39,6 +40,7 @@ async def one_cycle(base_url: str, token: str, account_id: str, database_url: st
         {"api_token": token, "account_ids": [account_id], "base_url": base_url, "database_url": database_url, "rate_limit": LIFTED_RATE_LIMIT}
     )
     engine = make_engine(database_url)
+    gc.freeze()  # as `archiver sync` does before its cycles
     rss_before = peak_rss_mb()
     stats = RequestStats()
     async with client_from_settings(settings) as client:

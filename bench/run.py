@@ -9,6 +9,7 @@ bench/RESULTS.md with the figures, the machine, the command and which targets ar
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import shlex
 import subprocess
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_one(name: str, options: Options) -> Outcome:
     print(f"\n== {name} (load {machine.load()})", flush=True)
     started = time.perf_counter()
+    gc.freeze()  # as `archiver sync` and `archiver run` do once started (and dlt, once imported, is large)
     try:
         outcome = WORKLOADS[name](options)
     except Exception as exc:  # one broken workload must not lose the others' figures
