@@ -146,7 +146,9 @@ def render(outcomes: list[Outcome], facts: dict[str, str], command: str, started
                 )
             )
             parts.append("")
-        parts += [*outcome.notes, "", f"({outcome.seconds:.0f} s to run.)"]
+        for note in outcome.notes:
+            parts += [note, ""]
+        parts.append(f"({outcome.seconds:.0f} s to run.)")
     if NOTES.exists():
         parts += ["", NOTES.read_text().strip()]
     return "\n".join(parts).rstrip() + "\n"
