@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak install clean
+.PHONY: demo test soak bench install clean
 
 demo: $(VENV)/.installed
 	$(BIN)/archiver demo
@@ -15,12 +15,20 @@ test: $(VENV)/.installed
 soak: $(VENV)/.installed
 	ARCHIVER_SOAK_CYCLES=$${ARCHIVER_SOAK_CYCLES:-400} $(BIN)/python -m pytest -q -s tests/test_soak.py
 
+# Benchmarks against the emulator; figures go to bench/RESULTS.md. BENCH_ARGS=--quick for a short run.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,postgres,mysql]'
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,postgres,mysql,bench]'
 	touch $@
 
 clean:

@@ -7,6 +7,7 @@ This is the only module that prints or exits: errors become one line on stderr a
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -82,6 +83,7 @@ def sync(app: App, auto_migrate: bool) -> int:
     settings.credentials(), settings.accounts()  # fail fast, before touching the database
     engine = app.engine()
     _ensure_schema(engine, auto_migrate)
+    _freeze_startup_objects()
     results = asyncio.run(sync_accounts(settings, engine))
     for result in results:
         click.echo(_describe_cycle(result))
@@ -99,6 +101,7 @@ def run(app: App, auto_migrate: bool) -> int:
     settings.credentials(), settings.accounts()
     engine = app.engine()
     _ensure_schema(engine, auto_migrate)
+    _freeze_startup_objects()
     return asyncio.run(Service(settings, engine).run())
 
 
@@ -468,6 +471,13 @@ def _describe_cycle(result: CycleResult) -> str:
         f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
     )
     return f"{line}\n  error: {result.error}" if result.error else line
+
+
+def _freeze_startup_objects() -> None:
+    # What is alive now (modules, settings, the engine) lives as long as the process. Out of the
+    # garbage collector's sight, it is no longer traversed by every full collection that a cycle's
+    # many short-lived rows set off: a tenth of a large listing's time.
+    gc.freeze()
 
 
 def main() -> None:

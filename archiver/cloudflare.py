@@ -143,6 +143,9 @@ class CloudflareClient:
         self.max_retry_wait = max_retry_wait
         self._random = random.Random()
         self._secrets = credentials.secrets()
+        # At most one request per connection in flight: the rest wait here, in O(1), rather than in
+        # the connection pool's queue, which httpcore rescans on every request it hands out.
+        self._in_flight = asyncio.Semaphore(max_connections)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={**credentials.headers(), "Accept": "application/json", "User-Agent": "browser-session-archiver"},
@@ -188,7 +191,8 @@ class CloudflareClient:
                 stats.waited_seconds += await self.budget.acquire()
             stats.waited_seconds += await self.limiter.acquire()
             try:
-                return await self._get_once(path, params, stats, missing_ok, expect, doubt)
+                async with self._in_flight:
+                    return await self._get_once(path, params, stats, missing_ok, expect, doubt)
             except UpstreamError as exc:
                 if attempt >= self.max_retries:
                     if isinstance(exc, DoubtfulAnswer):

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, GONE, VANISHED
-from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state
+from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
 
 # A vanished session whose details still show no end (or no close reason, or nothing at all) is
 # asked again a few times: Cloudflare may drop a session from the list a moment before it writes
@@ -53,10 +53,10 @@ def observe_listed(
             "raw": record.raw,
         }
         return Transition("new", row, _version(row, run_id, seen_at, "list"))
+    if listed_unchanged(known, record):
+        return Transition("unchanged")
     changed = lifecycle_changed(known, merged)
     reappeared = known["status"] in (VANISHED, GONE)
-    if not changed and status == known["status"] and not _urls_changed(known, merged):
-        return Transition("unchanged")
     due = known["detail_due"]
     if reappeared and due == "vanished":
         due = None  # it is listed again: the urgent final-state fetch is moot
@@ -77,6 +77,23 @@ def observe_listed(
     version = _version(row, run_id, seen_at, "list") if changed or status != known["status"] else None
     kind = "reappeared" if reappeared else ("changed" if changed or version else "refreshed")
     return Transition(kind, row, version)
+
+
+def listed_unchanged(known: Row, record: SessionRecord) -> bool:
+    """Whether a listing tells nothing new about a known session, so that only its
+    ``last_seen_at`` moves: no field differs from a value the record carries, and the status the
+    listing implies is the stored one.
+
+    Reads only ``status`` and the :data:`STATE_FIELDS` of ``known``, so the cycle can decide it
+    before it loads whole rows, which it then does only for the sessions that did change.
+    """
+    fields = record.fields
+    for name in STATE_FIELDS:
+        value = fields[name]
+        if value is not None and value != known.get(name):
+            return False
+    ended = fields["end_time"] is not None or known.get("end_time") is not None
+    return known["status"] == (CLOSED if ended else ACTIVE)
 
 
 def observe_vanished(known: Row, *, at: datetime, run_id: int) -> Transition:
@@ -147,10 +164,6 @@ def most_urgent(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return a or b
     return a if DETAIL_PRIORITY[a] <= DETAIL_PRIORITY[b] else b
-
-
-def _urls_changed(known: Row, merged: Row) -> bool:
-    return any(known.get(name) != merged[name] for name in URL_FIELDS.values())
 
 
 def _version(row: Row, run_id: int, observed_at: datetime, source: str) -> Row:

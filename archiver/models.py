@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,10 @@ STATUSES = (ACTIVE, CLOSED, VANISHED, GONE)
 DETAIL_PRIORITY = {"vanished": 0, "changed": 1, "new": 2}
 
 
+# The text SQLAlchemy's SQLite DATETIME stores (its default storage format).
+SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every backend.
 
@@ -50,6 +55,36 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given where an aware UTC datetime is required")
         value = value.astimezone(UTC)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # On SQLite the value becomes the text SQLAlchemy's DATETIME stores, in one step rather
+        # than through process_bind_param and then the dialect's own formatting: a cycle binds
+        # several timestamps per session, and this is a third of the cost.
+        def to_sqlite_text(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given where an aware UTC datetime is required")
+            v = value.astimezone(UTC)
+            return SQLITE_DATETIME % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+
+        return to_sqlite_text
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # The SQLite text parsed as SQLAlchemy's DATETIME parses it, and made aware, in one step.
+        def from_sqlite_text(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+        return from_sqlite_text
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -24,6 +24,9 @@ MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 REDACTED = "REDACTED"
+# A RecordMemo keeps at most this many objects: a paid account's sessions many times over, yet
+# little memory.
+MEMO_LIMIT = 5000
 
 TIME_FIELDS = {
     "startTime": "start_time",
@@ -86,6 +89,62 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
     return SessionRecord(session_id.lower(), fields, raw, tuple(problems))
 
 
+class RecordMemo:
+    """The records parsed from an account's latest listing, reused when an object comes back as it was.
+
+    :func:`parse_session` is pure, so an object identical to last cycle's (same keys in the same
+    order, same values of the same JSON types) yields an identical record; in a steady listing
+    almost every object is. Only the latest listing is kept, and at most ``limit`` objects of it,
+    so that a huge listing is never held twice. The objects carry DevTools URL tokens: the repr
+    shows none of them.
+    """
+
+    def __init__(self, limit: int = MEMO_LIMIT) -> None:
+        self.limit = limit
+        self.hits = 0
+        self._previous: dict[str, tuple[dict[str, Any], bool, SessionRecord]] = {}
+        self._current: dict[str, tuple[dict[str, Any], bool, SessionRecord]] = {}
+
+    def __repr__(self) -> str:
+        return f"RecordMemo({len(self._previous)} records, {self.hits} hits)"
+
+    def parse(self, obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
+        """``parse_session(obj)``, from the memo when the object is as it was in the latest listing."""
+        key = obj.get("sessionId") if isinstance(obj, dict) else None
+        if not isinstance(key, str):
+            return parse_session(obj, keep_url_tokens=keep_url_tokens)
+        hit = self._previous.get(key)
+        if hit is not None and hit[1] == keep_url_tokens and same_json(hit[0], obj):
+            record = hit[2]
+            self.hits += 1
+        else:
+            record = parse_session(obj, keep_url_tokens=keep_url_tokens)
+        if len(self._current) < self.limit:
+            self._current[key] = (obj, keep_url_tokens, record)
+        return record
+
+    def listing_done(self) -> None:
+        """The listing is over: the next one is compared with what it contained."""
+        self._previous, self._current = self._current, {}
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are identical: equal, with equal types throughout (Python
+    holds ``1``, ``1.0`` and ``True`` equal, JSON does not) and keys in the same order."""
+    return bool(a == b) and _same_types(a, b)
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    # Called on values already known equal: only types and key order can still differ.
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(_same_types(value, b[key]) for key, value in a.items())
+    if type(a) is list:
+        return all(map(_same_types, a, b))
+    return True
+
+
 def merge_state(previous: Mapping[str, Any] | None, record: SessionRecord) -> dict[str, Any]:
     """The latest known value of every field: what the record says, else what we knew before.
 
@@ -117,23 +176,47 @@ def redact_url(url: str, _depth: int = 0) -> str:
     redacted recursively rather than wholesale, so the host and path stay useful for forensics.
     """
     try:
+        plain = _split_plain_url(url)
+        if plain is not None:
+            # What urlunsplit would join, without urlsplit's and urlunsplit's general machinery.
+            head, query = plain
+            return f"{head}?{_redact_query(query, _depth)}"
         parts = urlsplit(url)
         netloc = parts.netloc
         if "@" in netloc:
             netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-        query_items = []
-        for item in parts.query.split("&") if parts.query else []:
-            key, has_value, value = item.partition("=")
-            if not has_value:
-                query_items.append(REDACTED)  # a bare ?token is a value without a key
-            elif "?" in unquote(value) and _depth < 3:
-                query_items.append(f"{key}={redact_url(unquote(value), _depth + 1)}")  # a URL with its own query
-            else:
-                query_items.append(f"{key}={REDACTED if value else ''}")
         fragment = REDACTED if parts.fragment else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query_items), fragment))
+        return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query, _depth), fragment))
     except ValueError:
         return REDACTED
+
+
+def _redact_query(query: str, depth: int) -> str:
+    items = []
+    for item in query.split("&") if query else []:
+        key, has_value, value = item.partition("=")
+        if not has_value:
+            items.append(REDACTED)  # a bare ?token is a value without a key
+        elif "?" in unquote(value) and depth < 3:
+            items.append(f"{key}={redact_url(unquote(value), depth + 1)}")  # a URL with its own query
+        else:
+            items.append(f"{key}={REDACTED if value else ''}")
+    return "&".join(items)
+
+
+# The everyday shapes of a DevTools URL, "scheme://host/path?query" and "host/path?query", in
+# printable ASCII without a fragment, brackets or user info. For these, urlsplit only splits and
+# urlunsplit joins the parts back as they were, so redaction can skip both (most of its cost).
+_PLAIN_URL = re.compile(r"([a-z][a-z0-9+.\-]*://[^/?#@\[\]]+(?:/[^?#]*)?)\?([^#]+)")
+_PLAIN_PATH = re.compile(r"([^/?#:][^?#:]*)\?([^#]+)")
+
+
+def _split_plain_url(url: str) -> tuple[str, str] | None:
+    """(everything before the first ``?``, the query) for a URL of a plain shape, else None."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return None
+    match = _PLAIN_URL.fullmatch(url) or _PLAIN_PATH.fullmatch(url)
+    return (match[1], match[2]) if match else None
 
 
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;][\w.\-]+=)(?P<value>[^&\s\"'\\]+)")

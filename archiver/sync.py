@@ -25,7 +25,7 @@ from archiver import lifecycle, store
 from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
 from archiver.config import Settings
 from archiver.errors import ArchiverError, BadRecordError, RetriableError
-from archiver.records import SessionRecord, parse_session, reject_body
+from archiver.records import RecordMemo, SessionRecord, parse_session, reject_body
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,33 @@ class CycleResult:
 
 
 async def run_cycle(
-    api: AccountAPI, engine: Engine, options: CycleOptions, *, clock: Clock = utcnow, fence: Fence | None = None
+    api: AccountAPI,
+    engine: Engine,
+    options: CycleOptions,
+    *,
+    clock: Clock = utcnow,
+    fence: Fence | None = None,
+    memo: RecordMemo | None = None,
 ) -> CycleResult:
-    """Poll one account once and archive what changed. Errors end up in the ledger row."""
-    return await _Cycle(api, engine, options, clock, fence).run()
+    """Poll one account once and archive what changed. Errors end up in the ledger row.
+
+    A service that polls the account again and again passes the same ``memo`` every time, so that
+    listed objects that did not change since the last cycle are not parsed again.
+    """
+    memo = memo if memo is not None else RecordMemo(limit=0)
+    return await _Cycle(api, engine, options, clock, fence, memo).run()
 
 
 class _Cycle:
-    def __init__(self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None) -> None:
+    def __init__(
+        self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None, memo: RecordMemo
+    ) -> None:
         self.api = api
         self.engine = engine
         self.options = options
         self.clock = clock
         self.fence = fence
+        self.memo = memo
         self.account_id = api.account_id
         self.run_id = 0
         self.seen: set[str] = set()
@@ -199,6 +213,8 @@ class _Cycle:
         except RetriableError as exc:
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return
+        finally:
+            self.memo.listing_done()
         if listing.problem:
             self.errors.append(f"listing incomplete: {listing.problem}")
         elif self.counts["unidentified"]:
@@ -210,7 +226,7 @@ class _Cycle:
         rejects: list[dict[str, Any]] = []
         for item in items:
             try:
-                record = parse_session(item, keep_url_tokens=self.options.keep_url_tokens)
+                record = self.memo.parse(item, keep_url_tokens=self.options.keep_url_tokens)
             except BadRecordError as exc:
                 # We cannot tell whose record this was, so this listing cannot prove any absence.
                 self.counts["unidentified"] += 1
@@ -224,9 +240,16 @@ class _Cycle:
             records.append(record)
         self.counts["listed"] += len(records)
         with self._transaction() as conn:
-            known = store.load_sessions(conn, self.account_id, [r.session_id for r in records])
-            rows, versions, unchanged = [], [], []
-            for record in records:
+            # Most listed sessions are as stored: tell them apart on a few columns, and read whole
+            # rows only for the ones that changed.
+            states = store.load_states(conn, self.account_id, [r.session_id for r in records])
+            unchanged = [r.session_id for r in records if r.session_id in states and lifecycle.listed_unchanged(states[r.session_id], r)]
+            self.counts["unchanged"] += len(unchanged)
+            unchanged_ids = set(unchanged)
+            moved = [r for r in records if r.session_id not in unchanged_ids]
+            known = store.load_sessions(conn, self.account_id, [r.session_id for r in moved if r.session_id in states])
+            rows, versions = [], []
+            for record in moved:
                 step = lifecycle.observe_listed(
                     known.get(record.session_id),
                     record,
@@ -236,9 +259,7 @@ class _Cycle:
                     policy=self.options.detail_policy,
                 )
                 self.counts[step.kind] += 1
-                if step.row is None:
-                    unchanged.append(record.session_id)
-                else:
+                if step.row is not None:
                     rows.append(step.row)
                 if step.version is not None:
                     versions.append(step.version)
@@ -250,8 +271,8 @@ class _Cycle:
     def _mark_vanished(self) -> None:
         at = self.clock()
         with self._transaction() as conn:
-            absent = store.active_session_ids(conn, self.account_id) - self.seen
-            known = store.load_sessions(conn, self.account_id, sorted(absent))
+            absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
+            known = store.load_sessions(conn, self.account_id, absent)
             steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
             store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
             store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])

@@ -1,0 +1,1 @@
+"""Benchmarks of the archiver against the emulator on loopback: ``python -m bench --help``."""

@@ -180,3 +180,21 @@ def test_emulator_command_serves_until_interrupted(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
         assert response.status_code == 200 and len(response.json()) == 3
+
+
+def test_sync_freezes_what_start_up_allocated(tmp_path: Path, served: tuple[Emulator, Any]) -> None:
+    import gc
+
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    emulator, server = served
+    env = env_for(emulator, server, tmp_path / "a.db")
+    gc.unfreeze()
+    try:
+        result = CliRunner().invoke(cli, ["sync", "--auto-migrate"], env=env)
+        assert result.exit_code == 0, result.output
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -728,3 +728,24 @@ def test_echoed_token_is_masked_in_error_messages() -> None:
     echo = reply(400, {"success": False, "errors": [{"code": 6003, "message": f"Invalid header: Bearer {TOKEN}"}]})
     error, _ = get_session_error(Script(echo))
     assert TOKEN not in str(error)
+
+
+def test_no_more_requests_in_flight_than_connections() -> None:
+    in_flight, peak = 0, 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return httpx.Response(200, json=session(1))
+
+    async def go() -> list[Any]:
+        async with make_client(handler, max_connections=3) as client:  # type: ignore[arg-type]
+            api = client.account(ACCOUNT, RequestStats())
+            return await asyncio.gather(*(api.get_session(sid(n)) for n in range(20)))
+
+    bodies = asyncio.run(go())
+    assert bodies == [session(1)] * 20
+    assert peak == 3

@@ -321,3 +321,40 @@ def _chaos_json(share: float) -> dict[str, Any]:
 
     data = Faults.chaos(share).to_json()
     return {k: v for k, v in data.items() if v != Faults().to_json()[k]}
+
+
+def test_pages_are_the_listing_encoded_and_follow_its_changes(emu: Emulator, http: httpx.Client) -> None:
+    world = emu.world(emu.account_ids[0])
+    for offset, limit in ((0, 200), (2, 3), (6, 5), (7, 1)):
+        expected = json.dumps(world.listing()[offset : offset + limit], separators=(",", ":")).encode()
+        assert world.page_json(offset, limit) == expected
+        assert http.get(sessions_path(emu), params={"offset": offset, "limit": limit}).content == expected
+    world.page_json(0, 200)  # every item encoded
+    closing = world.listing()[0]["sessionId"]
+    world.close(closing)
+    listed = http.get(sessions_path(emu)).json()
+    assert closing not in {s["sessionId"] for s in listed} and listed == world.listing()
+    emu.set_faults(envelope=True)
+    assert http.get(sessions_path(emu)).json()["result"] == listed
+
+
+def test_many_connections_at_once_are_all_accepted_promptly() -> None:
+    import socket
+
+    emu = Emulator(accounts=1, initial_sessions=1, seed=2, speed=0.0, spawn_per_minute=0)
+    with emu.serve(port=0) as server:
+        # Dozens of connections at once, faster than the server accepts them: none may wait for a
+        # SYN retry (a whole second) because the listen backlog overflowed.
+        sockets, slowest = [], 0.0
+        for _ in range(64):
+            started = time.perf_counter()
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            slowest = max(slowest, time.perf_counter() - started)
+        request = f"GET /client/v4{sessions_path(emu)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {emu.token}\r\n\r\n"
+        for sock in sockets:
+            sock.sendall(request.encode())
+        answers = [sock.recv(64) for sock in sockets]
+        for sock in sockets:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
+    assert slowest < 0.9

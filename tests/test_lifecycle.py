@@ -7,10 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archiver.lifecycle import (
     MAX_DETAIL_ATTEMPTS,
     Transition,
+    listed_unchanged,
     most_urgent,
     observe_bad_detail,
     observe_detail,
@@ -19,7 +22,7 @@ from archiver.lifecycle import (
     observe_vanished,
 )
 from archiver.models import ACTIVE, CLOSED, GONE, VANISHED, BrowserSession, SessionVersion
-from archiver.records import STATE_FIELDS, SessionRecord, ms_to_datetime, parse_session
+from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state, ms_to_datetime, parse_session
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 SID = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"
@@ -125,6 +128,42 @@ def test_new_session_already_closed() -> None:
 def test_listed_unchanged(fields: dict[str, Any]) -> None:
     t = listed(stored(), record(**fields))
     assert t == Transition("unchanged")
+
+
+# Each upstream field either absent, null, or one of two values: enough to hit every equal/different case.
+FIELD_CHOICES = {
+    "startTime": [START_MS, START_MS + 1],
+    "endTime": [START_MS + 60_000, START_MS + 61_000],
+    "connectionStartTime": [START_MS + 100, START_MS + 200],
+    "connectionEndTime": [START_MS + 59_000, START_MS + 58_000],
+    "lastUpdated": [START_MS + 500, START_MS + 60_000],
+    "connectionId": ["conn-1", "conn-2"],
+    "closeReason": [1000, "BrowserIdle"],
+    "closeReasonText": ["NormalClosure", "idle"],
+    "devtoolsFrontendUrl": ["https://h.example/ui?wss=x", "https://h.example/ui2"],
+    "webSocketDebuggerUrl": ["wss://h.example/devtools/browser/x?jwt=aaa", "wss://h.example/other"],
+}
+observations = st.fixed_dictionaries({}, optional={k: st.sampled_from([None, *v]) for k, v in FIELD_CHOICES.items()})
+
+
+def news_by_merging(known: dict[str, Any], rec: SessionRecord) -> bool:
+    """The listing's news as the merged state shows it: any field or the implied status moved."""
+    merged = merge_state(known, rec)
+    status = CLOSED if merged["end_time"] is not None else ACTIVE
+    urls_moved = any(known.get(name) != merged[name] for name in URL_FIELDS.values())
+    return lifecycle_changed(known, merged) or status != known["status"] or urls_moved
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations, observations, st.sampled_from([ACTIVE, CLOSED, VANISHED, GONE]))
+def test_listed_unchanged_agrees_with_the_merged_state(before: dict[str, Any], now: dict[str, Any], status: str) -> None:
+    first = listed(None, record(**before), at=T0, run_id=1).row
+    assert first is not None
+    known = {**first, "status": status}
+    rec = record(**now)
+    state_only = {name: known[name] for name in ("status", *STATE_FIELDS)}
+    assert listed_unchanged(known, rec) == listed_unchanged(state_only, rec) == (not news_by_merging(known, rec))
+    assert (listed(known, rec).kind == "unchanged") == listed_unchanged(known, rec)
 
 
 def test_listed_url_only_change_refreshes_without_a_version() -> None:

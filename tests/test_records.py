@@ -6,7 +6,7 @@ import json
 import math
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +17,7 @@ from archiver.records import (
     LIFECYCLE_FIELDS,
     REDACTED,
     STATE_FIELDS,
+    RecordMemo,
     SessionRecord,
     lifecycle_changed,
     merge_state,
@@ -25,6 +26,7 @@ from archiver.records import (
     redact_text,
     redact_url,
     reject_body,
+    same_json,
 )
 
 SID = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"
@@ -572,6 +574,113 @@ def test_reject_body_is_stable_json_for_plain_objects() -> None:
     assert reject_body(obj) == reject_body({"a": [True, None], "b": 1})
 
 
+# --- the record memo ---------------------------------------------------------------------------------------
+
+
+def decoded(obj: Any) -> Any:
+    """A fresh copy, as the next listing's JSON decoding would hand it over."""
+    return json.loads(json.dumps(obj))
+
+
+def test_memo_reuses_the_record_of_an_object_that_came_back_as_it_was() -> None:
+    memo = RecordMemo()
+    first = memo.parse(decoded(realistic()))
+    memo.listing_done()
+    again = memo.parse(decoded(realistic()))
+    assert again is first and memo.hits == 1
+    assert again == parse_session(realistic())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"endTime": START_MS + 61_000},
+        {"closeReason": 1000},
+        {"connectionId": None},
+        {"extra": [1]},
+        {"webSocketDebuggerUrl": WS_URL.replace("sig", "other")},
+    ],
+    ids=["new-end", "reason-type", "field-nulled", "field-added", "new-url-token"],
+)
+def test_memo_parses_a_changed_object_afresh(changes: dict[str, Any]) -> None:
+    memo = RecordMemo()
+    memo.parse(decoded(realistic()))
+    memo.listing_done()
+    changed = decoded(realistic(**changes))
+    assert memo.parse(changed) == parse_session(changed)
+    assert memo.hits == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"closeReason": 1}, {"closeReason": True}),
+        ({"closeReason": 1000}, {"closeReason": 1000.0}),
+        ({"extra": [1, {"a": 0}]}, {"extra": [1, {"a": False}]}),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+    ],
+    ids=["int-then-bool", "int-then-float", "nested-int-then-bool", "key-order"],
+)
+def test_memo_tells_json_types_and_key_order_apart(before: dict[str, Any], after: dict[str, Any]) -> None:
+    memo = RecordMemo()
+    memo.parse({"sessionId": SID, **before})
+    memo.listing_done()
+    record = memo.parse({"sessionId": SID, **after})
+    assert memo.hits == 0
+    assert json.dumps(record.raw) == json.dumps(parse_session({"sessionId": SID, **after}).raw)
+
+
+def test_memo_follows_the_url_token_setting() -> None:
+    memo = RecordMemo()
+    memo.parse(decoded(realistic()))
+    memo.listing_done()
+    kept = memo.parse(decoded(realistic()), keep_url_tokens=True)
+    assert memo.hits == 0 and kept.fields["web_socket_debugger_url"] == WS_URL
+
+
+def test_memo_keeps_only_the_latest_listing_up_to_its_limit() -> None:
+    memo = RecordMemo(limit=2)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(3)]
+    for sid in ids:
+        memo.parse({"sessionId": sid, "startTime": START_MS})
+    memo.listing_done()
+    for sid in ids:
+        memo.parse({"sessionId": sid, "startTime": START_MS})
+    assert memo.hits == 2  # the third object was over the limit, so it was never kept
+    memo.listing_done()
+    memo.listing_done()  # a listing that contained nothing
+    memo.parse({"sessionId": ids[0], "startTime": START_MS})
+    assert memo.hits == 2
+
+
+def test_memo_raises_as_parse_session_does_and_hides_url_tokens() -> None:
+    memo = RecordMemo()
+    with pytest.raises(BadRecordError):
+        memo.parse({"sessionId": ["not", "a", "string"]})
+    with pytest.raises(BadRecordError):
+        memo.parse({"sessionId": "not-a-uuid"})
+    memo.parse(realistic())
+    memo.listing_done()
+    assert JWT not in repr(memo)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ({"x": [1, 2.5, None, "s"]}, {"x": [1, 2.5, None, "s"]}, True),
+        (1, 1.0, False),
+        (0, False, False),
+        ([1, [True]], [1, [1]], False),
+        ({"x": 1, "y": 2}, {"y": 2, "x": 1}, False),
+        ({"x": 1}, {"x": 2}, False),
+        (math.nan, math.nan, False),
+    ],
+    ids=["nested-equal", "int-float", "int-bool", "nested-bool", "key-order", "different", "nan"],
+)
+def test_same_json(a: Any, b: Any, same: bool) -> None:
+    assert same_json(a, b) is same
+
+
 # --- properties -------------------------------------------------------------------------------------------------
 
 # JSON-like values; integers bounded to what a 64-bit float can hold (see the xfail above for bigger ones).
@@ -685,3 +794,74 @@ def test_planted_url_tokens_never_reach_raw_or_fields(planted: tuple[str, str], 
     assert all(v in ("", REDACTED) or "/" in v for _, v in parse_qsl(urlsplit(redacted).query, keep_blank_values=True))
     kept = parse_session({"sessionId": SID, key: url}, keep_url_tokens=True)
     assert kept.raw[key] == url
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(session_like, session_like, st.booleans())
+def test_memo_parses_every_object_as_parse_session_does(first: Any, second: Any, same_id: bool) -> None:
+    if same_id:
+        second = {**second, "sessionId": first["sessionId"]}
+    memo = RecordMemo()
+    for obj in (first, second, decoded(second) if _json_safe(second) else second):
+        try:
+            expected = parse_session(obj)
+        except BadRecordError:
+            with pytest.raises(BadRecordError):
+                memo.parse(obj)
+        else:
+            got = memo.parse(obj)
+            assert got == expected
+            assert json.dumps(got.raw, default=str) == json.dumps(expected.raw, default=str)
+        memo.listing_done()
+
+
+def _json_safe(obj: Any) -> bool:
+    try:
+        return decoded(obj) == obj
+    except ValueError:
+        return False
+
+
+def redact_url_generally(url: str, depth: int = 0) -> str:
+    """The redaction spelled out with urlsplit and urlunsplit for every URL: the reference that
+    redact_url's shortcut for plain URLs must always agree with."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+        items = []
+        for item in parts.query.split("&") if parts.query else []:
+            key, has_value, value = item.partition("=")
+            if not has_value:
+                items.append(REDACTED)
+            elif "?" in unquote(value) and depth < 3:
+                items.append(f"{key}={redact_url_generally(unquote(value), depth + 1)}")
+            else:
+                items.append(f"{key}={REDACTED if value else ''}")
+        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(items), REDACTED if parts.fragment else ""))
+    except ValueError:
+        return REDACTED
+
+
+url_pieces = st.sampled_from(
+    ["https://", "wss://", "HTTP://", "ws:", "//", "h.example", "[::1]", "[", "user:pw@", "@", ":9222", "/", "/a/b",
+     "?", "?x=", "&", "=", "jwt=abc", "wss=", "live.browser.run/x?jwt=t", "%3F", "#", "#frag", " ", "\t", "\n", "é",
+     ":", "a:b", "\x00", "x"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(url_pieces, max_size=8).map("".join) | st.text(max_size=40) | url_with_planted_token().map(lambda p: p[0]))
+def test_redact_url_agrees_with_the_general_redaction(url: str) -> None:
+    assert redact_url(url) == redact_url_generally(url)
+
+
+def test_redact_url_of_the_emulators_urls_agrees_with_the_general_redaction() -> None:
+    from archiver.emulator import Emulator
+
+    emulator = Emulator(accounts=1, initial_sessions=20, seed=4, speed=0.0, spawn_per_minute=0)
+    for item in emulator.world(emulator.account_ids[0]).listing():
+        for key in ("devtoolsFrontendUrl", "webSocketDebuggerUrl"):
+            assert redact_url(item[key]) == redact_url_generally(item[key])
+            assert "jwt=REDACTED" in redact_url(item[key])

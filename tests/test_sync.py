@@ -230,6 +230,46 @@ def test_urls_are_stored_redacted(engine: Engine, emulator: Emulator, server: An
         assert token not in dump
 
 
+def test_a_memo_across_cycles_changes_nothing_in_the_archive(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from archiver import migrate
+    from archiver.records import RecordMemo
+    from archiver.store import make_engine
+
+    def polled(memo: RecordMemo | None) -> tuple[dict[str, dict[str, Any]], list[list[dict[str, Any]]]]:
+        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('memo') / 'a.db'}")
+        migrate.upgrade(engine)
+        emulator = Emulator(accounts=1, initial_sessions=30, seed=8, speed=0.0, spawn_per_minute=20.0, start_ms=1.8e12)
+        world = emulator.world(emulator.account_ids[0])
+        with emulator.serve(port=0) as server:
+
+            async def go() -> None:
+                async with client_for(server, emulator) as client:
+                    for step in range(8):
+                        if step == 4:
+                            world.disconnect(next(iter(world.active)))
+                        api = client.account(emulator.account_ids[0], RequestStats())
+                        result = await run_cycle(api, engine, CycleOptions(), memo=memo)
+                        assert result.outcome == "ok", result.error
+                        emulator.clock.advance(10.0)
+
+            asyncio.run(go())
+        rows = archived(engine)
+        history = [versions_of(engine, sid) for sid in sorted(rows)]
+        engine.dispose()
+        return rows, history
+
+    memo = RecordMemo()
+    with_memo, without = polled(memo), polled(None)
+    assert memo.hits > 100  # most listed objects came back unchanged, and were not parsed again
+    archiver_clock = {"first_seen_at", "last_seen_at", "last_detail_at", "vanished_at", "gone_at", "observed_at", "id"}
+
+    def essence(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k not in archiver_clock} for row in rows]
+
+    assert essence(list(with_memo[0].values())) == essence(list(without[0].values()))
+    assert [essence(h) for h in with_memo[1]] == [essence(h) for h in without[1]]
+
+
 def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.TempPathFactory) -> None:
     from archiver import migrate
     from archiver.store import make_engine

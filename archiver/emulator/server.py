@@ -78,6 +78,9 @@ class RateWindow:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections
+    # Headers and body go out in separate writes: without this, Nagle holds the body back until
+    # the client acknowledges the headers, tens of milliseconds per answer with delayed ACKs.
+    disable_nagle_algorithm = True
     server: EmulatorHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
@@ -121,6 +124,9 @@ class Handler(BaseHTTPRequestHandler):
 class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A client opening dozens of connections at once must not overflow the listen backlog (the
+    # default is 5): a dropped SYN is retried only a second later.
+    request_queue_size = 128
 
     def __init__(self, port: int, emulator: Emulator) -> None:
         super().__init__(("127.0.0.1", port), Handler)

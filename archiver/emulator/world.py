@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import random
 import secrets
 import threading
@@ -89,6 +90,7 @@ class World:
         self.sessions: dict[str, SimSession] = {}
         self.active: dict[str, SimSession] = {}
         self._snapshot: list[dict[str, Any]] | None = None
+        self._encoded: list[bytes | None] = []  # the snapshot's items as JSON, encoded on demand
         self._events: list[tuple[float, int, str, str]] = []
         self._sequence = itertools.count()
         now = clock.now_ms()
@@ -110,7 +112,19 @@ class World:
             self.advance()
             if self._snapshot is None:
                 self._snapshot = [s.public() for s in self.active.values()]
+                self._encoded = [None] * len(self._snapshot)
             return self._snapshot
+
+    def page_json(self, offset: int, limit: int) -> bytes:
+        """One page of the listing as the JSON array the API returns. Each item is encoded once
+        per snapshot, so that paging through a large list costs the emulator next to nothing."""
+        with self.lock:
+            items = self.listing()[offset : offset + limit]
+            encoded = self._encoded
+            for index, item in enumerate(items, start=offset):
+                if encoded[index] is None:
+                    encoded[index] = json.dumps(item, separators=(",", ":")).encode()
+            return b"[" + b",".join(encoded[offset : offset + len(items)]) + b"]"  # type: ignore[arg-type]
 
     def get(self, session_id: str) -> dict[str, Any] | None:
         """One session's object, or None if unknown or forgotten."""
