@@ -29,7 +29,7 @@ from archiver.reports import Result, Window, ledger, open_at, stats, story
 from archiver.reports import export as exporting
 from archiver.reports import window as windows
 from archiver.store import make_engine
-from archiver.sync import CycleResult, sync_accounts
+from archiver.sync import SKIPPED, CycleResult, sync_accounts
 
 
 @dataclass
@@ -463,6 +463,8 @@ def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
 
 
 def _describe_cycle(result: CycleResult) -> str:
+    if result.outcome == SKIPPED:
+        return f"{result.account_id}: {result.error}"
     c = result.counts
     line = (
         f"{result.account_id}: {result.outcome} (run {result.run_id}) listed {c.get('listed', 0)}, "

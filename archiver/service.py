@@ -40,9 +40,7 @@ class Service:
         self.options = CycleOptions.from_settings(settings)
         self.metrics = metrics or Metrics(self.accounts)
         self.pacer = Pacer(settings.interval_seconds, settings.interval_floor, settings.budget_rate, len(self.accounts))
-        # Renewed every third of its life, a lease survives two missed heartbeats, yet lapses soon
-        # enough after a worker dies that another takes over within two intervals.
-        self.lease_seconds = max(0.75 * settings.interval_seconds, 1.0)
+        self.lease_seconds = locks.lease_seconds(settings.interval_seconds)
         self.held: set[str] = set()
         self.cycles: dict[str, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
@@ -166,11 +164,14 @@ class Service:
 
     def _fence(self, account_id: str) -> Fence:
         """The check that opens each write of a cycle: the lease must still be ours (and is renewed)."""
+        check = locks.fence(account_id, self.options.worker, self.lease_seconds)
 
         def confirm(conn: Connection) -> None:
-            if not locks.confirm(conn, account_id, self.options.worker, self.lease_seconds, utcnow()):
+            try:
+                check(conn)
+            except LeaseLostError:
                 self.held.discard(account_id)
-                raise LeaseLostError("another worker took the account over; this cycle stopped writing")
+                raise
 
         return confirm
 

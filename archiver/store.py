@@ -27,6 +27,17 @@ runs_table: Table = SyncRun.__table__  # type: ignore[assignment]
 rejects_table: Table = RejectedRecord.__table__  # type: ignore[assignment]
 SESSION_KEY = ("account_id", "session_id")
 DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+# Database calls block the service's event loop: a server that does not answer must fail a cycle
+# within seconds rather than hang it, and a peer that vanished without closing the connection must
+# be noticed (TCP keepalives, PyMySQL's read timeout) rather than waited on forever. Every statement
+# the archiver sends answers within seconds (exports stream, prunes go in batches), so a minute
+# without a byte from the server means it is gone.
+_MYSQL_CONNECT_ARGS = {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60}
+SERVER_CONNECT_ARGS: dict[str, dict[str, Any]] = {
+    "postgresql": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3},
+    "mysql": _MYSQL_CONNECT_ARGS,
+    "mariadb": _MYSQL_CONNECT_ARGS,
+}
 # What tells whether a listed session changed: its status and upstream fields, without the raw
 # document and the archiver's own columns, which cost most of the time of reading a row.
 STATE_COLUMNS: tuple[str, ...] = ("session_id", "status", *STATE_FIELDS)
@@ -80,6 +91,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("connect_args", {"timeout": 30})
     else:
         kwargs.setdefault("pool_pre_ping", True)
+        defaults = SERVER_CONNECT_ARGS.get(backend, {})
+        # Settings in the URL's query win over these defaults.
+        kwargs.setdefault("connect_args", {k: v for k, v in defaults.items() if k not in parsed.query})
     try:
         engine = create_engine(parsed, **kwargs)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:

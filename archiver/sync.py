@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from archiver import lifecycle, store
+from archiver import lifecycle, locks, store
 from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
 from archiver.config import Settings
 from archiver.errors import ArchiverError, BadRecordError, RetriableError
@@ -67,6 +67,11 @@ class CycleOptions:
             detail_concurrency=settings.detail_concurrency,
             keep_url_tokens=settings.keep_url_tokens,
         )
+
+
+# The outcome of an account that `sync_accounts` left alone because another worker holds its
+# lease: no cycle ran, and the ledger has no row for it.
+SKIPPED = "skipped"
 
 
 @dataclass
@@ -386,11 +391,28 @@ def _log_result(result: CycleResult, stats: Any) -> None:
 
 
 async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow) -> list[CycleResult]:
-    """One cycle for every configured account, concurrently, under one shared rate limiter."""
+    """One cycle for every configured account, concurrently, under one shared rate limiter.
+
+    Each account's lease is taken first, as the service takes it, so that a one-off sync never
+    runs beside another worker's cycle of the same account: such an account is skipped.
+    """
     options = CycleOptions.from_settings(settings)
-    async with client_from_settings(settings) as client:
+    accounts = settings.accounts()
+    ttl = locks.lease_seconds(settings.interval_seconds)
+    async with client_from_settings(settings) as client, locks.leases_kept(engine, accounts, options.worker, ttl) as held:
         cycles = [
-            run_cycle(client.account(account_id, RequestStats()), engine, options, clock=clock)
-            for account_id in settings.accounts()
+            run_cycle(
+                client.account(account_id, RequestStats()), engine, options, clock=clock,
+                fence=locks.fence(account_id, options.worker, ttl),
+            )
+            if account_id in held
+            else _skipped(engine, account_id)
+            for account_id in accounts
         ]
         return list(await asyncio.gather(*cycles))
+
+
+async def _skipped(engine: Engine, account_id: str) -> CycleResult:
+    holder = locks.holder_of(engine, account_id)
+    log.info("account %s: skipped, %s is polling it", account_id, holder)
+    return CycleResult(account_id, 0, SKIPPED, False, {}, 0.0, f"skipped: another worker ({holder}) is polling this account")

@@ -9,13 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from archiver import locks, store
 from archiver.emulator import Emulator
+from archiver.store import make_engine
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 
@@ -65,6 +69,29 @@ def test_sync_status_and_db_commands(tmp_path: Path, served: tuple[Emulator, Any
     assert emulator.token not in synced.stdout + synced.stderr + status.stdout + status.stderr
     assert run(["db", "downgrade", "base"], env, tmp_path).returncode == 0
     assert "current: none" in run(["db", "current"], env, tmp_path).stdout
+
+
+def test_sync_skips_an_account_another_worker_is_polling(tmp_path: Path, served: tuple[Emulator, Any]) -> None:
+    emulator, server = served
+    busy, free = emulator.account_ids
+    env = env_for(emulator, server, tmp_path / "a.db")
+    assert run(["db", "upgrade"], env, tmp_path).returncode == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    now = datetime.now(UTC)
+    assert locks.acquire(engine, busy, "service-host:42", 60, now)
+    with engine.begin() as conn:
+        running = store.open_run(conn, busy, "service-host:42", now)
+    synced = run(["sync"], env, tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    assert f"{busy}: skipped: another worker (service-host:42) is polling this account" in synced.stdout
+    assert re.search(rf"{free}: ok \(run \d+\) listed 5, new 5", synced.stdout)
+    with engine.connect() as conn:
+        runs = {r.id: (r.account_id, r.outcome) for r in conn.execute(select(store.runs_table))}
+        holders = dict(conn.execute(select(locks.c.account_id, locks.c.holder)).all())
+    engine.dispose()
+    assert runs[running] == (busy, "running")  # the other worker's cycle is left alone
+    assert sorted(a for a, _ in runs.values()) == sorted([busy, free])
+    assert holders == {busy: "service-host:42"}  # sync released the lease it took
 
 
 def test_sync_exits_1_when_an_account_fails(tmp_path: Path, served: tuple[Emulator, Any]) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -203,6 +206,49 @@ def test_a_locked_sqlite_file_is_waited_for_as_long_as_the_url_says(tmp_path: Pa
                 store.open_run(conn, ACCOUNT, "w", T0)
             assert time.monotonic() - started < 5  # failed after its own wait, not the default 30 s
     engine.dispose()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never says a word, like a server that hung."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    accepted.append(listener.accept()[0])
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        yield int(listener.getsockname()[1])
+        stop.set()
+        thread.join()
+        for sock in accepted:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "limit_s"),
+    [
+        ("postgresql+psycopg://u@127.0.0.1:{port}/db", 10),  # the default
+        ("postgresql+psycopg://u@127.0.0.1:{port}/db?connect_timeout=1", 1),
+        ("mysql+pymysql://u@127.0.0.1:{port}/db?read_timeout=1", 1),  # waiting for the server's greeting
+    ],
+    ids=["postgresql-default", "postgresql-url-timeout", "mariadb-url-timeout"],
+)
+def test_a_server_that_never_answers_fails_the_connection_in_bounded_time(silent_server: int, url: str, limit_s: float) -> None:
+    engine = store.make_engine(url.format(port=silent_server))
+    started = time.monotonic()
+    with pytest.raises(OperationalError), engine.connect():
+        pass
+    elapsed = time.monotonic() - started
+    engine.dispose()
+    assert limit_s - 0.5 <= elapsed < limit_s + 5
 
 
 @pytest.mark.parametrize(
