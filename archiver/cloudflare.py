@@ -66,29 +66,43 @@ class Listing:
     problem: str | None = None
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
+        # The next page is requested before this one is handed over, so that the server prepares
+        # it (and the network carries it) while the caller stores this one.
         offset = 0
         previous_ids: set[Any] = set()
-        while True:
-            items = await self.client.get_json(
-                f"/accounts/{self.account_id}/browser-rendering/devtools/session",
-                {"limit": self.page_size, "offset": offset},
-                self.stats,
-                expect=list,
-            )
-            self.pages += 1
-            # Only string ids tie pages together: an id may be any JSON value, even a list.
-            ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
-            if offset and not ids & previous_ids:
-                self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
-            if len(items) > self.page_size:
-                # A server that ignores limit/offset would otherwise be paged forever.
-                self.problem = f"the server returned {len(items)} items for limit {self.page_size}"
-            yield items
-            if len(items) < self.page_size or self.problem:
-                break
-            previous_ids = ids
-            offset += len(items) - PAGE_OVERLAP
+        fetch = asyncio.ensure_future(self._page(offset))
+        try:
+            while True:
+                items = await fetch
+                self.pages += 1
+                # Only string ids tie pages together: an id may be any JSON value, even a list.
+                ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
+                if offset and not ids & previous_ids:
+                    self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
+                if len(items) > self.page_size:
+                    # A server that ignores limit/offset would otherwise be paged forever.
+                    self.problem = f"the server returned {len(items)} items for limit {self.page_size}"
+                last = len(items) < self.page_size or self.problem is not None
+                if not last:
+                    previous_ids = ids
+                    offset += len(items) - PAGE_OVERLAP
+                    fetch = asyncio.ensure_future(self._page(offset))
+                yield items
+                if last:
+                    break
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
         self.complete = self.problem is None
+
+    async def _page(self, offset: int) -> list[Any]:
+        return await self.client.get_json(  # type: ignore[no-any-return]
+            f"/accounts/{self.account_id}/browser-rendering/devtools/session",
+            {"limit": self.page_size, "offset": offset},
+            self.stats,
+            expect=list,
+        )
 
 
 class AccountAPI:

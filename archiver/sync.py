@@ -13,7 +13,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -212,9 +212,11 @@ class _Cycle:
     async def _list(self) -> None:
         listing = self.api.listing()
         try:
-            async for items in listing:
-                self.pages = listing.pages
-                self._store_page(items, self.clock())
+            # Closed however the loop ends, so that a page requested ahead is not left in flight.
+            async with aclosing(aiter(listing)) as pages:
+                async for items in pages:
+                    self.pages = listing.pages
+                    self._store_page(items, self.clock())
         except RetriableError as exc:
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return

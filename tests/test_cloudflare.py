@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -213,6 +214,41 @@ def test_listing_left_early_is_not_complete() -> None:
     listing = asyncio.run(go())
     assert listing.complete is False
     assert len(server.params) == 1
+
+
+def test_listing_requests_the_next_page_while_the_caller_holds_this_one() -> None:
+    server = ListServer([session(n) for n in range(450)])
+    requested_while_held: list[int] = []
+
+    async def go() -> Listing:
+        async with make_client(server) as client:
+            listing = client.account(ACCOUNT, RequestStats()).listing()
+            async with contextlib.aclosing(aiter(listing)) as pages:
+                async for _page in pages:
+                    await asyncio.sleep(0.05)  # the caller stores the page
+                    requested_while_held.append(len(server.params))
+            return listing
+
+    listing = asyncio.run(go())
+    assert listing.complete and listing.pages == 3
+    assert requested_while_held == [2, 3, 3]  # the next page was on its way; none after the last
+
+
+def test_a_listing_closed_early_cancels_the_page_on_its_way() -> None:
+    server = ListServer([session(n) for n in range(450)])
+
+    async def go() -> tuple[Listing, list[asyncio.Task[Any]]]:
+        async with make_client(server) as client:
+            listing = client.account(ACCOUNT, RequestStats()).listing()
+            async with contextlib.aclosing(aiter(listing)) as pages:
+                async for _page in pages:
+                    break
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            return listing, others
+
+    listing, pending = asyncio.run(go())
+    assert listing.complete is False and pending == []
+    assert len(server.params) <= 2
 
 
 @pytest.mark.parametrize(
