@@ -249,6 +249,7 @@ def demo(cycles: int, interval: float, database: str, seed: int) -> int:
     )
     if database == DEMO_DATABASE:
         click.echo("Query it yourself: sqlite3 archiver-demo.db 'select * from browser_sessions limit 5'")
+        click.echo("or ask it: ARCHIVER_DATABASE_URL=sqlite:///archiver-demo.db .venv/bin/archiver report reasons --since 1h")
     return 0
 
 
