@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from archiver import lifecycle, locks, store
 from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
 from archiver.config import Settings
-from archiver.errors import ArchiverError, BadRecordError, RetriableError
+from archiver.errors import ArchiverError, BadRecordError, RetriableError, first_line
 from archiver.records import RecordMemo, SessionRecord, parse_session, reject_body
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class _Cycle:
             self.errors.append("cancelled (shutdown) before the cycle ended")
             raise
         except SQLAlchemyError as exc:
-            self.errors.append(f"database error: {type(exc).__name__}: {_first_line(exc)}")
+            self.errors.append(f"database error: {type(exc).__name__}: {first_line(exc)}")
         except ArchiverError as exc:
             self.errors.append(str(exc))
         except Exception as exc:
@@ -181,7 +181,7 @@ class _Cycle:
                 store.abort_stale_runs(conn, self.account_id, before=now, now=now)
                 return store.open_run(conn, self.account_id, self.options.worker, now)
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"cannot open a ledger row: {_first_line(exc)}") from exc
+            raise DatabaseError(f"cannot open a ledger row: {first_line(exc)}") from exc
 
     def _close_run(self, outcome: str) -> None:
         stats = self.api.stats
@@ -205,7 +205,7 @@ class _Cycle:
         except SQLAlchemyError as exc:
             # The cycle's data is already committed step by step; only its ledger row is stale,
             # and the next cycle marks it aborted.
-            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, _first_line(exc))
+            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, first_line(exc))
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -371,11 +371,6 @@ class _Cycle:
             "body": reject_body(body),
             "kept": kept,
         }
-
-
-def _first_line(exc: BaseException) -> str:
-    # SQLAlchemy messages carry the statement and its parameters; the first line is the cause.
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
 
 
 def _log_result(result: CycleResult, stats: Any) -> None:

@@ -84,6 +84,16 @@ def service_factory() -> Iterator[Any]:
             service.process.communicate()
 
 
+def polling_every(seconds: str) -> dict[str, str]:
+    """Settings for a service that polls at a fixed interval, the client-side rate limits lifted."""
+    return {
+        "ARCHIVER_INTERVAL_SECONDS": seconds,
+        "ARCHIVER_MIN_INTERVAL_SECONDS": seconds,
+        "ARCHIVER_RATE_LIMIT": "100",
+        "ARCHIVER_RATE_BUDGET": "1",
+    }
+
+
 def ledger(db: Path) -> list[dict[str, Any]]:
     engine: Engine = make_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
@@ -128,8 +138,7 @@ def test_service_polls_and_stops_on_sigterm_mid_cycle(tmp_path: Path, service_fa
     db = tmp_path / "archive.db"
     with emulator.serve(port=0) as server:
         service = service_factory(
-            emulator, server, db, ARCHIVER_INTERVAL_SECONDS="1", ARCHIVER_MIN_INTERVAL_SECONDS="1",
-            ARCHIVER_RATE_LIMIT="100", ARCHIVER_RATE_BUDGET="1", ARCHIVER_SHUTDOWN_GRACE_SECONDS="10",
+            emulator, server, db, **polling_every("1"), ARCHIVER_SHUTDOWN_GRACE_SECONDS="10",
             # a roomy budget, so that the pacer keeps the configured interval (this test is about
             # polling and shutdown; test_default_budget_never_meets_a_429 is about the budget)
             ARCHIVER_UPSTREAM_LIMIT_REQUESTS="12000",
@@ -164,8 +173,7 @@ def test_cycles_of_one_account_never_overlap_against_a_slow_api(tmp_path: Path, 
     db = tmp_path / "archive.db"
     with emulator.serve(port=0) as server:
         service = service_factory(
-            emulator, server, db, ARCHIVER_INTERVAL_SECONDS="0.3", ARCHIVER_MIN_INTERVAL_SECONDS="0.3",
-            ARCHIVER_RATE_LIMIT="100", ARCHIVER_RATE_BUDGET="1", ARCHIVER_DETAIL_CONCURRENCY="1",
+            emulator, server, db, **polling_every("0.3"), ARCHIVER_DETAIL_CONCURRENCY="1",
         )
         service.wait_until_serving()
         wait_for_cycles(db, 5, timeout=40)
@@ -182,8 +190,7 @@ def test_metrics_and_healthz(tmp_path: Path, service_factory: Any) -> None:
     db = tmp_path / "archive.db"
     with emulator.serve(port=0) as server:
         service = service_factory(
-            emulator, server, db, ARCHIVER_INTERVAL_SECONDS="0.5", ARCHIVER_MIN_INTERVAL_SECONDS="0.5",
-            ARCHIVER_RATE_LIMIT="100", ARCHIVER_RATE_BUDGET="1", ARCHIVER_MAX_RETRIES="0",
+            emulator, server, db, **polling_every("0.5"), ARCHIVER_MAX_RETRIES="0",
         )
         service.wait_until_serving()
         wait_for_cycles(db, 2, timeout=20)
@@ -250,8 +257,7 @@ def test_a_second_signal_stops_at_once_without_half_writes(tmp_path: Path, servi
     db = tmp_path / "archive.db"
     with emulator.serve(port=0) as server:
         service = service_factory(
-            emulator, server, db, ARCHIVER_INTERVAL_SECONDS="0.5", ARCHIVER_MIN_INTERVAL_SECONDS="0.5",
-            ARCHIVER_RATE_LIMIT="100", ARCHIVER_RATE_BUDGET="1", ARCHIVER_SHUTDOWN_GRACE_SECONDS="60",
+            emulator, server, db, **polling_every("0.5"), ARCHIVER_SHUTDOWN_GRACE_SECONDS="60",
         )
         service.wait_until_serving()
         wait_for_cycles(db, 1, timeout=20)

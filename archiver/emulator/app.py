@@ -16,6 +16,7 @@ from typing import Any
 from archiver.emulator.clock import Clock
 from archiver.emulator.faults import WRONG_TYPES, FaultPlan, Faults
 from archiver.emulator.server import (
+    API_PREFIX,
     GET_PATH,
     LIST_PATH,
     UUID,
@@ -151,7 +152,7 @@ class Emulator:
     def info(self) -> ServerInfo:
         assert self._server is not None, "the emulator is not serving"
         port = self._server.server_address[1]
-        return ServerInfo(port, f"http://127.0.0.1:{port}/client/v4")
+        return ServerInfo(port, f"http://127.0.0.1:{port}{API_PREFIX}")
 
     @contextmanager
     def serve(self, port: int = 0) -> Iterator[ServerInfo]:

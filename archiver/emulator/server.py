@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from archiver.emulator.app import Emulator
 
 API_PREFIX = "/client/v4"
-LIST_PATH = re.compile(r"^/client/v4/accounts/([^/]+)/browser-rendering/devtools/session/?$")
-GET_PATH = re.compile(r"^/client/v4/accounts/([^/]+)/browser-rendering/devtools/session/([^/]+)$")
+LIST_PATH = re.compile(rf"^{API_PREFIX}/accounts/([^/]+)/browser-rendering/devtools/session/?$")
+GET_PATH = re.compile(rf"^{API_PREFIX}/accounts/([^/]+)/browser-rendering/devtools/session/([^/]+)$")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ERRORS = {
     400: (1001, "Invalid request"),
