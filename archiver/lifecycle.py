@@ -3,6 +3,11 @@
 Each function takes the stored row (a dict of every ``browser_sessions`` column, or None for an
 unknown session) and an observation, and returns a :class:`Transition`: the full row to write (or
 None when only ``last_seen_at`` moves) and the version row to append (or None).
+
+A row's ``content_hash`` vouches that a listed object with that digest tells nothing new about
+it (see :func:`listed_unchanged`, which reads only the status and the state fields). A listing
+sets it; whatever else moves the status or a state field (the vanish pass, a detail, giving up on
+a vanished session) clears it, so that the next listing compares field by field again.
 """
 
 from __future__ import annotations
@@ -31,10 +36,20 @@ class Transition:
 
 
 def observe_listed(
-    known: Row | None, record: SessionRecord, *, account_id: str, seen_at: datetime, run_id: int, policy: str
+    known: Row | None,
+    record: SessionRecord,
+    *,
+    account_id: str,
+    seen_at: datetime,
+    run_id: int,
+    policy: str,
+    content_hash: str | None = None,
 ) -> Transition:
-    """A session was in a listing."""
+    """A session was in a listing; ``content_hash`` is the listed object's listing_hash."""
     merged = merge_state(known, record)
+    # The new state reflects this object: its digest vouches for it, unless a field of it had to
+    # be set aside (such an object is parsed, and its problems noted, every time it is listed).
+    content_hash = None if record.problems else content_hash
     status = CLOSED if merged["end_time"] is not None else ACTIVE
     if known is None:
         row = {
@@ -51,6 +66,7 @@ def observe_listed(
             "last_run_id": run_id,
             **merged,
             "raw": record.raw,
+            "content_hash": content_hash,
         }
         return Transition("new", row, _version(row, run_id, seen_at, "list"))
     if listed_unchanged(known, record):
@@ -73,6 +89,7 @@ def observe_listed(
         "detail_attempts": 0 if due != known["detail_due"] else known["detail_attempts"],
         "last_run_id": run_id,
         "raw": record.raw,
+        "content_hash": content_hash,
     }
     version = _version(row, run_id, seen_at, "list") if changed or status != known["status"] else None
     kind = "reappeared" if reappeared else ("changed" if changed or version else "refreshed")
@@ -100,6 +117,7 @@ def observe_vanished(known: Row, *, at: datetime, run_id: int) -> Transition:
     """An active session was absent from a complete listing."""
     row = {**known, "status": VANISHED, "vanished_at": at, "detail_due": "vanished", "detail_attempts": 0}
     row["last_run_id"] = run_id
+    row["content_hash"] = None  # listed again as it was, it has reappeared: not unchanged
     return Transition("vanished", row, _version(row, run_id, at, "archiver"))
 
 
@@ -128,6 +146,8 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
         "detail_attempts": attempts if due else 0,
         "last_run_id": run_id,
         "raw": record.raw,
+        # A detail that moved the state leaves no listed object vouching for it.
+        "content_hash": known.get("content_hash") if status == known["status"] and not _state_moved(known, merged) else None,
     }
     changed = lifecycle_changed(known, merged) or status != known["status"]
     return Transition("closed" if status == CLOSED else "fetched", row, _version(row, run_id, at, "detail") if changed else None)
@@ -148,6 +168,7 @@ def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
         row = {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
         return Transition("missing", row)
     row = {**known, "status": GONE, "gone_at": at, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
+    row["content_hash"] = None
     return Transition("gone", row, _version(row, run_id, at, "detail"))
 
 
@@ -157,6 +178,10 @@ def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
     due = known["detail_due"] if attempts < MAX_DETAIL_ATTEMPTS else None
     row = {**known, "detail_due": due, "detail_attempts": attempts if due else 0, "last_run_id": run_id}
     return Transition("rejected", row)
+
+
+def _state_moved(known: Row, merged: Row) -> bool:
+    return any(known.get(name) != merged[name] for name in STATE_FIELDS)
 
 
 def most_urgent(a: str | None, b: str | None) -> str | None:

@@ -135,6 +135,10 @@ class BrowserSession(SessionFields, Base):
     detail_due: Mapped[str | None] = mapped_column(String(16))
     detail_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # records.listing_hash of the listed object the stored state reflects; None once anything
+    # else (a detail, the vanish pass) has moved the state on. A listed object with this digest
+    # is known unchanged without being parsed.
+    content_hash: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # The cycle only ever reads an account's active or owed sessions: flat as the archive grows.

@@ -7,7 +7,9 @@ itself is still archived: losing a session's existence over one odd field would 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 import math
 import re
 from collections.abc import Mapping
@@ -24,9 +26,6 @@ MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 REDACTED = "REDACTED"
-# A RecordMemo keeps at most this many objects: a paid account's sessions many times over, yet
-# little memory.
-MEMO_LIMIT = 5000
 
 TIME_FIELDS = {
     "startTime": "start_time",
@@ -89,60 +88,31 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
     return SessionRecord(session_id.lower(), fields, raw, tuple(problems))
 
 
-class RecordMemo:
-    """The records parsed from an account's latest listing, reused when an object comes back as it was.
+def listing_hash(obj: Any, *, keep_url_tokens: bool = False) -> str | None:
+    """A digest of an upstream object exactly as it was decoded, or None if it cannot have one.
 
-    :func:`parse_session` is pure, so an object identical to last cycle's (same keys in the same
-    order, same values of the same JSON types) yields an identical record; in a steady listing
-    almost every object is. Only the latest listing is kept, and at most ``limit`` objects of it,
-    so that a huge listing is never held twice. The objects carry DevTools URL tokens: the repr
-    shows none of them.
+    Two objects share a digest only if they are identical JSON: the same keys in the same order
+    and the same values of the same types (Python holds ``1``, ``1.0`` and ``True`` equal, JSON
+    does not). :func:`parse_session` is pure, so such objects parse to the same record: an
+    archive that stores the digest of the listed object its state reflects can tell an unchanged
+    listed session without parsing it again. The URL token setting is part of the digest, since
+    it changes what parsing gives.
     """
-
-    def __init__(self, limit: int = MEMO_LIMIT) -> None:
-        self.limit = limit
-        self.hits = 0
-        self._previous: dict[str, tuple[dict[str, Any], bool, SessionRecord]] = {}
-        self._current: dict[str, tuple[dict[str, Any], bool, SessionRecord]] = {}
-
-    def __repr__(self) -> str:
-        return f"RecordMemo({len(self._previous)} records, {self.hits} hits)"
-
-    def parse(self, obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
-        """``parse_session(obj)``, from the memo when the object is as it was in the latest listing."""
-        key = obj.get("sessionId") if isinstance(obj, dict) else None
-        if not isinstance(key, str):
-            return parse_session(obj, keep_url_tokens=keep_url_tokens)
-        hit = self._previous.get(key)
-        if hit is not None and hit[1] == keep_url_tokens and same_json(hit[0], obj):
-            record = hit[2]
-            self.hits += 1
-        else:
-            record = parse_session(obj, keep_url_tokens=keep_url_tokens)
-        if len(self._current) < self.limit:
-            self._current[key] = (obj, keep_url_tokens, record)
-        return record
-
-    def listing_done(self) -> None:
-        """The listing is over: the next one is compared with what it contained."""
-        self._previous, self._current = self._current, {}
+    if not isinstance(obj, dict):
+        return None
+    try:
+        # marshal is exact about types and key order, and five times as fast as json.dumps. Format
+        # 2 is the newest without back-references, which would make the bytes depend on how many
+        # references to a value exist, not only on the value.
+        data = marshal.dumps(obj, 2)
+    except ValueError:  # nested deeper than marshal goes
+        return None
+    return hashlib.blake2b(data, digest_size=16, person=_HASH_PERSON[keep_url_tokens]).hexdigest()
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """Whether two decoded JSON values are identical: equal, with equal types throughout (Python
-    holds ``1``, ``1.0`` and ``True`` equal, JSON does not) and keys in the same order."""
-    return bool(a == b) and _same_types(a, b)
-
-
-def _same_types(a: Any, b: Any) -> bool:
-    # Called on values already known equal: only types and key order can still differ.
-    if type(a) is not type(b):
-        return False
-    if type(a) is dict:
-        return list(a) == list(b) and all(_same_types(value, b[key]) for key, value in a.items())
-    if type(a) is list:
-        return all(map(_same_types, a, b))
-    return True
+# Changes to what parse_session makes of an object must change this, so that digests stored by an
+# older release no longer vouch for their rows.
+_HASH_PERSON = {False: b"list-v1-redacted", True: b"list-v1-kept"}
 
 
 def merge_state(previous: Mapping[str, Any] | None, record: SessionRecord) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from archiver.errors import ArchiverError, LeaseLostError, first_line
 from archiver.metrics import Metrics, MetricsServer
 from archiver.pacing import Pacer
 from archiver.ratelimit import TokenBucket
-from archiver.records import RecordMemo
 from archiver.store import sessions_table
 from archiver.sync import CycleOptions, Fence, run_cycle, utcnow
 
@@ -50,7 +49,6 @@ class Service:
         self._signals = 0
         self._gauge_refreshed: dict[str, float] = {}
         # Each account's latest listing, parsed: the next cycle re-parses only what changed.
-        self.memos = {account_id: RecordMemo() for account_id in self.accounts}
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit code."""
@@ -154,10 +152,7 @@ class Service:
             return
         self.held.add(account_id)
         stats = RequestStats()
-        result = await run_cycle(
-            self.client.account(account_id, stats), self.engine, self.options,
-            fence=self._fence(account_id), memo=self.memos[account_id],
-        )
+        result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options, fence=self._fence(account_id))
         self.metrics.record_cycle(result, stats)
         self._refresh_session_gauge(account_id)
         self._repace(account_id, stats)

@@ -50,6 +50,9 @@ _LOAD_SESSIONS = select(sessions_table).where(
 _LOAD_STATES = select(*(sessions_table.c[name] for name in STATE_COLUMNS)).where(
     sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.session_id.in_(bindparam("ids", expanding=True))
 )
+_LOAD_HASHES = select(sessions_table.c.session_id, sessions_table.c.content_hash).where(
+    sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.session_id.in_(bindparam("ids", expanding=True))
+)
 _ACTIVE_IDS = select(sessions_table.c.session_id).where(
     sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.status == ACTIVE
 )
@@ -75,6 +78,12 @@ _TOUCH_SEEN = (
     update(sessions_table)
     .where(sessions_table.c.account_id == bindparam("account"), sessions_table.c.session_id.in_(bindparam("ids", expanding=True)))
     .values(last_seen_at=bindparam("seen_at"), last_run_id=bindparam("run_id"))
+)
+
+_TOUCH_REHASHED = (
+    update(sessions_table)
+    .where(sessions_table.c.account_id == bindparam("account"), sessions_table.c.session_id == bindparam("id"))
+    .values(last_seen_at=bindparam("seen_at"), last_run_id=bindparam("run_id"), content_hash=bindparam("hash"))
 )
 
 
@@ -170,6 +179,15 @@ def load_states(conn: Connection, account_id: str, session_ids: Iterable[str]) -
     return found
 
 
+def load_hashes(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, str | None]:
+    """The ``content_hash`` of the given sessions, by session id (unknown ids are absent): the
+    narrowest read that tells most of a steady listing unchanged."""
+    found: dict[str, str | None] = {}
+    for batch in chunks(list(session_ids)):
+        found.update(conn.execute(_LOAD_HASHES, {"account_id": account_id, "ids": batch}).all())
+    return found
+
+
 def active_ids_absent_from(conn: Connection, account_id: str, present: Container[str]) -> list[str]:
     """Ids of the account's active sessions that are not in ``present``, sorted. Read row by row:
     an account with a huge listing never holds all of its ids twice."""
@@ -191,6 +209,16 @@ def touch_seen(conn: Connection, account_id: str, session_ids: Sequence[str], se
     """Record that unchanged sessions were in a listing."""
     for batch in chunks(session_ids):
         conn.execute(_TOUCH_SEEN, {"account": account_id, "ids": batch, "seen_at": seen_at, "run_id": run_id})
+
+
+def touch_seen_rehashed(conn: Connection, account_id: str, hashes: Mapping[str, str], seen_at: datetime, run_id: int) -> None:
+    """Record that unchanged sessions were in a listing, with the digest of what was listed."""
+    rows = [
+        {"account": account_id, "id": session_id, "hash": digest, "seen_at": seen_at, "run_id": run_id}
+        for session_id, digest in hashes.items()
+    ]
+    for batch in chunks(rows):
+        conn.execute(_TOUCH_REHASHED, list(batch))
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

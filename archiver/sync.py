@@ -25,7 +25,7 @@ from archiver import lifecycle, locks, store
 from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
 from archiver.config import Settings
 from archiver.errors import ArchiverError, BadRecordError, RetriableError, first_line
-from archiver.records import RecordMemo, SessionRecord, parse_session, reject_body
+from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +98,20 @@ async def run_cycle(
     *,
     clock: Clock = utcnow,
     fence: Fence | None = None,
-    memo: RecordMemo | None = None,
 ) -> CycleResult:
-    """Poll one account once and archive what changed. Errors end up in the ledger row.
-
-    A service that polls the account again and again passes the same ``memo`` every time, so that
-    listed objects that did not change since the last cycle are not parsed again.
-    """
-    memo = memo if memo is not None else RecordMemo(limit=0)
-    return await _Cycle(api, engine, options, clock, fence, memo).run()
+    """Poll one account once and archive what changed. Errors end up in the ledger row."""
+    return await _Cycle(api, engine, options, clock, fence).run()
 
 
 class _Cycle:
     def __init__(
-        self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None, memo: RecordMemo
+        self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None
     ) -> None:
         self.api = api
         self.engine = engine
         self.options = options
         self.clock = clock
         self.fence = fence
-        self.memo = memo
         self.account_id = api.account_id
         self.run_id = 0
         self.seen: set[str] = set()
@@ -220,8 +213,6 @@ class _Cycle:
         except RetriableError as exc:
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return
-        finally:
-            self.memo.listing_done()
         if listing.problem:
             self.errors.append(f"listing incomplete: {listing.problem}")
         elif self.counts["unidentified"]:
@@ -229,34 +220,31 @@ class _Cycle:
         self.listing_complete = listing.complete and not self.counts["unidentified"]
 
     def _store_page(self, items: Sequence[Any], seen_at: datetime) -> None:
-        records: list[SessionRecord] = []
-        rejects: list[dict[str, Any]] = []
-        for item in items:
-            try:
-                record = self.memo.parse(item, keep_url_tokens=self.options.keep_url_tokens)
-            except BadRecordError as exc:
-                # We cannot tell whose record this was, so this listing cannot prove any absence.
-                self.counts["unidentified"] += 1
-                rejects.append(self._reject("list", None, exc.reason, item, kept=False, at=seen_at))
-                continue
-            if record.session_id in self.seen:
-                continue  # overlapping pages, or a list that shifted right
-            self.seen.add(record.session_id)
-            if record.problems:
-                rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
-            records.append(record)
-        self.counts["listed"] += len(records)
+        keep_url_tokens = self.options.keep_url_tokens
+        hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
-            # Most listed sessions are as stored: tell them apart on a few columns, and read whole
-            # rows only for the ones that changed.
-            states = store.load_states(conn, self.account_id, [r.session_id for r in records])
-            unchanged = [r.session_id for r in records if r.session_id in states and lifecycle.listed_unchanged(states[r.session_id], r)]
-            self.counts["unchanged"] += len(unchanged)
-            unchanged_ids = set(unchanged)
-            moved = [r for r in records if r.session_id not in unchanged_ids]
-            known = store.load_sessions(conn, self.account_id, [r.session_id for r in moved if r.session_id in states])
+            # Most listed sessions are as they were: those whose object has the digest stored with
+            # them are told apart without parsing, on one narrow read.
+            stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, digest in hashed if sid and digest])
+            unchanged, parsed, rejects = self._parse_page(hashed, stored_hashes, seen_at)
+            self.counts["listed"] += len(unchanged) + len(parsed)
+            # The rest are parsed and compared on a few columns; whole rows are read only for the
+            # sessions that did change.
+            states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed])
+            rehashed: dict[str, str] = {}
+            moved: list[tuple[SessionRecord, str | None]] = []
+            for record, digest in parsed:
+                state = states.get(record.session_id)
+                if state is None or not lifecycle.listed_unchanged(state, record):
+                    moved.append((record, digest))
+                elif digest is not None and not record.problems:
+                    rehashed[record.session_id] = digest
+                else:
+                    unchanged.append(record.session_id)
+            self.counts["unchanged"] += len(unchanged) + len(rehashed)
+            known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
             rows, versions = [], []
-            for record in moved:
+            for record, digest in moved:
                 step = lifecycle.observe_listed(
                     known.get(record.session_id),
                     record,
@@ -264,6 +252,7 @@ class _Cycle:
                     seen_at=seen_at,
                     run_id=self.run_id,
                     policy=self.options.detail_policy,
+                    content_hash=digest,
                 )
                 self.counts[step.kind] += 1
                 if step.row is not None:
@@ -272,8 +261,44 @@ class _Cycle:
                     versions.append(step.version)
             store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
             store.touch_seen(conn, self.account_id, unchanged, seen_at, self.run_id)
+            store.touch_seen_rehashed(conn, self.account_id, rehashed, seen_at, self.run_id)
             store.insert_rows(conn, store.versions_table, versions)
             store.insert_rows(conn, store.rejects_table, rejects)
+
+    def _parse_page(
+        self,
+        hashed: Sequence[tuple[Any, str | None, str | None]],
+        stored_hashes: dict[str, str | None],
+        seen_at: datetime,
+    ) -> tuple[list[str], list[tuple[SessionRecord, str | None]], list[dict[str, Any]]]:
+        """The ids of sessions listed with their stored digest (unchanged), the page's other
+        records with their digests, and the rejects. An id already seen in this listing
+        (overlapping pages, a list that shifted right) is skipped.
+        """
+        unchanged: list[str] = []
+        parsed: list[tuple[SessionRecord, str | None]] = []
+        rejects: list[dict[str, Any]] = []
+        for item, listed_id, digest in hashed:
+            if listed_id in self.seen:
+                continue
+            if listed_id is not None and digest is not None and stored_hashes.get(listed_id) == digest:
+                self.seen.add(listed_id)
+                unchanged.append(listed_id)
+                continue
+            try:
+                record = parse_session(item, keep_url_tokens=self.options.keep_url_tokens)
+            except BadRecordError as exc:
+                # We cannot tell whose record this was, so this listing cannot prove any absence.
+                self.counts["unidentified"] += 1
+                rejects.append(self._reject("list", None, exc.reason, item, kept=False, at=seen_at))
+                continue
+            if record.session_id in self.seen:
+                continue
+            self.seen.add(record.session_id)
+            if record.problems:
+                rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
+            parsed.append((record, digest))
+        return unchanged, parsed, rejects
 
     def _mark_vanished(self) -> None:
         at = self.clock()
@@ -371,6 +396,12 @@ class _Cycle:
             "body": reject_body(body),
             "kept": kept,
         }
+
+
+def _listed_id(item: Any) -> str | None:
+    """The session id a listed object gives, as given (parsing checks and normalises it)."""
+    session_id = item.get("sessionId") if isinstance(item, dict) else None
+    return session_id if isinstance(session_id, str) else None
 
 
 def _log_result(result: CycleResult, stats: Any) -> None:

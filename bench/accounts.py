@@ -9,7 +9,6 @@ from sqlalchemy import Engine
 
 from archiver.cloudflare import RequestStats
 from archiver.config import Settings
-from archiver.records import RecordMemo
 from archiver.sync import CycleOptions, CycleResult, run_cycle
 from bench.harness import Options, Outcome, bench_settings, client, median, migrated_engine, sqlite_database
 from bench.remote import RemoteEmulator
@@ -25,7 +24,6 @@ async def rounds(remote: RemoteEmulator, settings: Settings, engine: Engine, cou
     polls them; each round's wall time, CPU time and API requests."""
     accounts = settings.accounts()
     options = CycleOptions.from_settings(settings)
-    memos = {account: RecordMemo() for account in accounts}
     figures = []
     async with client(settings) as api_client:
         for number in range(count):
@@ -35,7 +33,7 @@ async def rounds(remote: RemoteEmulator, settings: Settings, engine: Engine, cou
             stats = {account: RequestStats() for account in accounts}
             wall, cpu = time.perf_counter(), time.process_time()
             results: list[CycleResult] = await asyncio.gather(
-                *(run_cycle(api_client.account(a, stats[a]), engine, options, memo=memos[a]) for a in accounts)
+                *(run_cycle(api_client.account(a, stats[a]), engine, options) for a in accounts)
             )
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             failed = [r for r in results if r.outcome != "ok"]

@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 
 from archiver.cloudflare import RequestStats
 from archiver.config import Settings
-from archiver.records import RecordMemo
 from archiver.sync import CycleOptions, run_cycle
 from bench.harness import Options, Outcome, bench_settings, client, median, migrated_engine, percentile, profiled, sqlite_database
 from bench.remote import RemoteEmulator
@@ -42,7 +41,7 @@ def emulator(seed: int = 3) -> RemoteEmulator:
 
 class SteadyAccount:
     """One emulated account in steady state, and the archiver polling it as a resident service does
-    (one client, one engine, the parsed-record memo kept), one measured cycle at a time."""
+    (one client, one engine), one measured cycle at a time."""
 
     def __init__(self, remote: RemoteEmulator, settings: Settings, engine: Engine) -> None:
         self.remote = remote
@@ -50,7 +49,6 @@ class SteadyAccount:
         self.settings = settings
         self.account = settings.accounts()[0]
         self.options = CycleOptions.from_settings(settings)
-        self.memo = RecordMemo()
         self.run = SteadyRun([], [], [])
         self._client = client(settings)
 
@@ -80,7 +78,7 @@ class SteadyAccount:
         self.remote.call("churn", self.account, **CHURN)
         stats = RequestStats()
         wall, cpu = time.perf_counter(), time.process_time()
-        result = await run_cycle(self._client.account(self.account, stats), self.engine, self.options, memo=self.memo)
+        result = await run_cycle(self._client.account(self.account, stats), self.engine, self.options)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         if result.outcome != "ok":
             raise AssertionError(f"cycle failed: {result.error}")
@@ -114,8 +112,8 @@ def run(options: Options) -> Outcome:
     report(outcome, f"SQLite, {SESSIONS} sessions, 5% change, {cycles} cycles", steady, targets=True)
     outcome.notes.append(
         f"One account with {SESSIONS} open sessions; before each cycle 2 close, 2 start and 2 connect (5%). "
-        "A resident service: one client (keep-alive connections), one engine, the parsed-record memo kept "
-        f"from cycle to cycle; {WARMUP_CYCLES} warm-up cycles are not counted. Default settings (detail policy "
+        "A resident service: one client (keep-alive connections) and one engine kept from cycle to cycle; "
+        f"{WARMUP_CYCLES} warm-up cycles are not counted. Default settings (detail policy "
         "`changed`, budget 100, concurrency 4) with the client-side rate limit lifted. Wall and CPU time "
         "(time.perf_counter, time.process_time) of run_cycle in the archiver's process; the emulator runs in "
         "its own process. Every measured cycle is checked to make exactly 1 list request plus one detail "

@@ -486,6 +486,57 @@ URGENCY_CASES = [
 ]
 
 
+# --- the content hash -------------------------------------------------------------------------------------
+
+
+def test_a_listing_stores_the_digest_of_what_it_listed() -> None:
+    new = observe_listed(None, record(**OPEN), account_id=ACCOUNT, seen_at=T0, run_id=1, policy="changed", content_hash="a" * 32)
+    assert new.row is not None and new.row["content_hash"] == "a" * 32
+    changed = observe_listed(
+        stored(content_hash="a" * 32), record(**CLOSED_OBJ), account_id=ACCOUNT, seen_at=T1, run_id=2, policy="changed",
+        content_hash="b" * 32,
+    )
+    assert changed.row is not None and changed.row["content_hash"] == "b" * 32
+    # The digest vouches for the state it leaves: listed as it was, the object is unchanged.
+    assert listed_unchanged(changed.row, record(**CLOSED_OBJ))
+
+
+def test_a_listed_object_with_a_bad_field_is_never_vouched_for() -> None:
+    bad = record(**{**OPEN, "endTime": "soon"})
+    assert bad.problems
+    new = observe_listed(None, bad, account_id=ACCOUNT, seen_at=T0, run_id=1, policy="changed", content_hash="a" * 32)
+    assert new.row is not None and new.row["content_hash"] is None
+
+
+def test_what_moves_the_status_clears_the_digest() -> None:
+    known = stored(content_hash="a" * 32)
+    vanished = observe_vanished(known, at=T1, run_id=2).row
+    assert vanished is not None and vanished["content_hash"] is None
+    known_vanished = {**known, "status": VANISHED, "detail_due": "vanished", "detail_attempts": MAX_DETAIL_ATTEMPTS - 1}
+    gone = observe_missing(known_vanished, at=T2, run_id=3).row
+    assert gone is not None and gone["status"] == GONE and gone["content_hash"] is None
+
+
+@pytest.mark.parametrize(
+    ("detail", "kept"),
+    [(OPEN, True), ({**OPEN, "connectionEndTime": START_MS + 900}, False), (CLOSED_OBJ, False),
+     ({**OPEN, "webSocketDebuggerUrl": "wss://other.example/x?jwt=b"}, False)],
+    ids=["same-state", "new-field", "closed", "new-url"],
+)
+def test_a_detail_keeps_the_digest_only_if_it_moved_nothing(detail: dict[str, Any], kept: bool) -> None:
+    known = stored(content_hash="a" * 32)
+    row = observe_detail(known, record(**detail), at=T1, run_id=2).row
+    assert row is not None and row["content_hash"] == ("a" * 32 if kept else None)
+    if kept:  # it still vouches: the listed object it stands for is unchanged against the new state
+        assert listed_unchanged(row, record(**OPEN))
+
+
+def test_a_failed_detail_keeps_the_digest() -> None:
+    known = stored(content_hash="a" * 32)
+    assert observe_bad_detail(known, run_id=2).row["content_hash"] == "a" * 32  # type: ignore[index]
+    assert observe_missing(known, at=T1, run_id=2).row["content_hash"] == "a" * 32  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("a", "b", "expected"), URGENCY_CASES, ids=[f"{a}-{b}" for a, b, _ in URGENCY_CASES])
 def test_most_urgent(a: str | None, b: str | None, expected: str | None) -> None:
     assert most_urgent(a, b) == expected

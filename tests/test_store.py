@@ -54,6 +54,7 @@ def session_row(session_id: str, **changes: object) -> dict[str, object]:
         "devtools_frontend_url": None,
         "web_socket_debugger_url": None,
         "raw": {"sessionId": session_id, "extra": [1, 2]},
+        "content_hash": None,
     }
     row.update(changes)
     return row
@@ -161,6 +162,20 @@ def test_touch_seen_moves_only_the_given_sessions(engine: Engine) -> None:
         loaded = store.load_sessions(conn, ACCOUNT, [sid(0), sid(1), sid(2)])
     assert [loaded[sid(n)]["last_seen_at"] - T0 for n in range(3)] == [timedelta(seconds=30), timedelta(0), timedelta(seconds=30)]
     assert loaded[sid(2)]["last_run_id"] == 7
+
+
+def test_hashes_are_read_and_set_with_the_sighting(any_engine: Engine) -> None:
+    rows = [session_row(sid(0), content_hash="a" * 32), session_row(sid(1)), session_row(sid(2), content_hash="c" * 32)]
+    with any_engine.begin() as conn:
+        store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
+        assert store.load_hashes(conn, ACCOUNT, [sid(n) for n in range(4)]) == {sid(0): "a" * 32, sid(1): None, sid(2): "c" * 32}
+        assert store.load_hashes(conn, "f" * 32, [sid(0)]) == {}
+        store.touch_seen_rehashed(conn, ACCOUNT, {sid(1): "b" * 32, sid(2): "d" * 32}, T0 + timedelta(seconds=30), 7)
+    with any_engine.connect() as conn:
+        loaded = store.load_sessions(conn, ACCOUNT, [sid(n) for n in range(3)])
+    assert [loaded[sid(n)]["content_hash"] for n in range(3)] == ["a" * 32, "b" * 32, "d" * 32]
+    assert [loaded[sid(n)]["last_seen_at"] - T0 for n in range(3)] == [timedelta(0), timedelta(seconds=30), timedelta(seconds=30)]
+    assert loaded[sid(1)]["last_run_id"] == 7 and loaded[sid(0)]["last_run_id"] == 1
 
 
 def test_stale_running_rows_are_aborted(any_engine: Engine) -> None:

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from archiver.cloudflare import RequestStats
 from archiver.config import Credentials
 from archiver.emulator import Emulator
+from archiver.records import parse_session
 from archiver.store import rejects_table, runs_table, sessions_table, versions_table
 from archiver.sync import CycleOptions, run_cycle
 from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
@@ -230,13 +231,27 @@ def test_urls_are_stored_redacted(engine: Engine, emulator: Emulator, server: An
         assert token not in dump
 
 
-def test_a_memo_across_cycles_changes_nothing_in_the_archive(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from archiver import migrate
-    from archiver.records import RecordMemo
+def test_content_hashes_change_nothing_in_the_archive(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions told unchanged by their stored digest end up exactly as when every listed object
+    is parsed and compared field by field (forced here by clearing the digests before each cycle)."""
+    from archiver import migrate, sync
     from archiver.store import make_engine
 
-    def polled(memo: RecordMemo | None) -> tuple[dict[str, dict[str, Any]], list[list[dict[str, Any]]]]:
-        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('memo') / 'a.db'}")
+    parsed = 0
+
+    def counting_parse(obj: Any, **kwargs: Any) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return parse_session(obj, **kwargs)
+
+    monkeypatch.setattr(sync, "parse_session", counting_parse)
+
+    def polled(use_hashes: bool) -> tuple[dict[str, dict[str, Any]], list[list[dict[str, Any]]], int]:
+        nonlocal parsed
+        parsed = 0
+        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('hashes') / 'a.db'}")
         migrate.upgrade(engine)
         emulator = Emulator(accounts=1, initial_sessions=30, seed=8, speed=0.0, spawn_per_minute=20.0, start_ms=1.8e12)
         world = emulator.world(emulator.account_ids[0])
@@ -247,8 +262,11 @@ def test_a_memo_across_cycles_changes_nothing_in_the_archive(tmp_path_factory: p
                     for step in range(8):
                         if step == 4:
                             world.disconnect(next(iter(world.active)))
+                        if not use_hashes:
+                            with engine.begin() as conn:
+                                conn.execute(update(sessions_table).values(content_hash=None))
                         api = client.account(emulator.account_ids[0], RequestStats())
-                        result = await run_cycle(api, engine, CycleOptions(), memo=memo)
+                        result = await run_cycle(api, engine, CycleOptions())
                         assert result.outcome == "ok", result.error
                         emulator.clock.advance(10.0)
 
@@ -256,18 +274,19 @@ def test_a_memo_across_cycles_changes_nothing_in_the_archive(tmp_path_factory: p
         rows = archived(engine)
         history = [versions_of(engine, sid) for sid in sorted(rows)]
         engine.dispose()
-        return rows, history
+        return rows, history, parsed
 
-    memo = RecordMemo()
-    with_memo, without = polled(memo), polled(None)
-    assert memo.hits > 100  # most listed objects came back unchanged, and were not parsed again
+    with_hashes, without = polled(True), polled(False)
+    listed_in_all = 8 * 30
+    assert without[2] >= listed_in_all  # every listed object, and every detail, parsed
+    assert with_hashes[2] < without[2] / 2  # most listed objects came back as stored, unparsed
     archiver_clock = {"first_seen_at", "last_seen_at", "last_detail_at", "vanished_at", "gone_at", "observed_at", "id"}
 
     def essence(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in row.items() if k not in archiver_clock} for row in rows]
+        return [{k: v for k, v in row.items() if k not in archiver_clock | {"content_hash"}} for row in rows]
 
-    assert essence(list(with_memo[0].values())) == essence(list(without[0].values()))
-    assert [essence(h) for h in with_memo[1]] == [essence(h) for h in without[1]]
+    assert essence(list(with_hashes[0].values())) == essence(list(without[0].values()))
+    assert [essence(h) for h in with_hashes[1]] == [essence(h) for h in without[1]]
 
 
 def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.TempPathFactory) -> None:
