@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, FatalError, RetriableError
 from archiver.ratelimit import RateLimiter, TokenBucket
 from archiver.records import UUID_PATTERN, redact_text
+from archiver.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,8 @@ class CloudflareClient:
         # At most one request per connection in flight: the rest wait here, in O(1), rather than in
         # the connection pool's queue, which httpcore rescans on every request it hands out.
         self._in_flight = asyncio.Semaphore(max_connections)
+        if transport is None and not _proxy_configured():
+            transport = StreamTransport(ssl_context=httpx.create_ssl_context(), max_connections=max_connections)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={**credentials.headers(), "Accept": "application/json", "User-Agent": "browser-session-archiver"},
@@ -336,6 +340,12 @@ def _detail_doubt(data: dict[str, Any] | None, session_id: str) -> str | None:
     if not isinstance(answered, str) or answered.lower() != session_id.lower():
         return "Cloudflare answered with another session id"
     return None
+
+
+def _proxy_configured() -> bool:
+    """Whether the environment names a proxy (HTTPS_PROXY, ALL_PROXY...): httpx's default
+    transport then does the talking, since it honours proxies and NO_PROXY."""
+    return any(scheme != "no" for scheme in urllib.request.getproxies())
 
 
 def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
