@@ -225,12 +225,13 @@ class _Cycle:
         with self._transaction() as conn:
             # Most listed sessions are as they were: those whose object has the digest stored with
             # them are told apart without parsing, on one narrow read.
-            stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, digest in hashed if sid and digest])
+            stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
             unchanged, parsed, rejects = self._parse_page(hashed, stored_hashes, seen_at)
             self.counts["listed"] += len(unchanged) + len(parsed)
-            # The rest are parsed and compared on a few columns; whole rows are read only for the
-            # sessions that did change.
-            states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed])
+            # The rest are parsed and compared on a few columns (those stored at all: every stored
+            # session has an entry in stored_hashes); whole rows are read only for the sessions
+            # that did change.
+            states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed if r.session_id in stored_hashes])
             rehashed: dict[str, str] = {}
             moved: list[tuple[SessionRecord, str | None]] = []
             for record, digest in parsed:
@@ -399,9 +400,9 @@ class _Cycle:
 
 
 def _listed_id(item: Any) -> str | None:
-    """The session id a listed object gives, as given (parsing checks and normalises it)."""
+    """The id a listed object's session is stored under, if it gives one (parsing checks it)."""
     session_id = item.get("sessionId") if isinstance(item, dict) else None
-    return session_id if isinstance(session_id, str) else None
+    return session_id.lower() if isinstance(session_id, str) else None
 
 
 def _log_result(result: CycleResult, stats: Any) -> None:

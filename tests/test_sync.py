@@ -289,6 +289,23 @@ def test_content_hashes_change_nothing_in_the_archive(
     assert [essence(h) for h in with_hashes[1]] == [essence(h) for h in without[1]]
 
 
+def test_ids_listed_in_upper_case_are_known_again(engine: Engine, emulator: Emulator, server: Any) -> None:
+    """Sessions are stored under the lower-case id: listed in upper case, they are neither taken for
+    new ones nor parsed again once their digest is stored."""
+    world = emulator.world(emulator.account_ids[0])
+    for session in list(world.sessions.values())[:10]:
+        session.session_id = session.session_id.upper()  # as listed; the emulator still finds it by its key
+    first = cycle(server, emulator, engine)
+    before = archived(engine)
+    later = [cycle(server, emulator, engine) for _ in range(2)]
+    assert first.outcome == "ok" and first.counts["new"] == len(before) == 25
+    assert all(r.outcome == "ok" and r.counts.get("new", 0) == 0 and r.counts["unchanged"] == 25 for r in later), later
+    after = archived(engine)
+    assert set(after) == set(before) and all(sid == sid.lower() for sid in after)
+    assert all(after[sid]["first_seen_at"] == before[sid]["first_seen_at"] for sid in after)
+    assert all(after[sid]["content_hash"] is not None for sid in after)
+
+
 def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.TempPathFactory) -> None:
     from archiver import migrate
     from archiver.store import make_engine
