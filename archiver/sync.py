@@ -1,6 +1,6 @@
 """One poll cycle for one account: list -> diff -> store -> fetch details -> store -> ledger.
 
-Transactions are per listing page, per vanish pass and per detail batch, so a cycle that dies at
+Transactions are per batch of listed objects, per vanish pass and per detail batch, so a cycle that dies at
 any point leaves whole steps behind, and the next cycle converges to the same database.
 """
 
@@ -29,6 +29,11 @@ from archiver.records import SessionRecord, listing_hash, parse_session, reject_
 
 log = logging.getLogger(__name__)
 
+# Listed objects are written when this many have arrived, or when the listing ends. A write
+# touches index pages all over each index (session ids are random), and every commit writes the
+# pages it touched again: a 10,000-session listing stored page by page (200 objects) wrote its
+# indexes 50 times over. Bounded, so that a huge listing is never held whole.
+LISTING_WRITE_BATCH = 2000
 # Detail results are written when this many have arrived, or when the oldest has waited this
 # long, so that a slow API or an interrupted cycle loses little work.
 DETAIL_WRITE_BATCH = 50
@@ -204,22 +209,33 @@ class _Cycle:
 
     async def _list(self) -> None:
         listing = self.api.listing()
+        pending: list[Any] = []
+        seen_at = self.clock()
         try:
             # Closed however the loop ends, so that a page requested ahead is not left in flight.
             async with aclosing(aiter(listing)) as pages:
                 async for items in pages:
                     self.pages = listing.pages
-                    self._store_page(items, self.clock())
+                    if not pending:
+                        seen_at = self.clock()
+                    pending.extend(items)
+                    if len(pending) >= LISTING_WRITE_BATCH:
+                        self._store_listed(pending, seen_at)
+                        pending = []
         except RetriableError as exc:
+            self._store_listed(pending, seen_at)  # what did arrive is as good as ever
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return
+        self._store_listed(pending, seen_at)
         if listing.problem:
             self.errors.append(f"listing incomplete: {listing.problem}")
         elif self.counts["unidentified"]:
             self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
         self.listing_complete = listing.complete and not self.counts["unidentified"]
 
-    def _store_page(self, items: Sequence[Any], seen_at: datetime) -> None:
+    def _store_listed(self, items: Sequence[Any], seen_at: datetime) -> None:
+        if not items:
+            return
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
