@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     outcomes = [_run_one(name, options) for name in names]
     facts["load average (1, 5, 15 min) at end"] = machine.load()
+    facts["reference loop at end (lower is faster)"] = machine.python_speed()
     if output is not None:
         output.write_text(render(outcomes, facts, command, started, options))
         print(f"\nwrote {output}")
@@ -125,7 +126,9 @@ def render(outcomes: list[Outcome], facts: dict[str, str], command: str, started
         markdown_table(["", ""], [[k, v] for k, v in facts.items()]),
         "",
         "The load averages say how busy the machine was with other work: on 2 cores, a load near 2 means the "
-        "figures (wall times above all) are pessimistic.",
+        "figures (wall times above all) are pessimistic. The reference loop says how fast one core was: on a "
+        "shared virtual machine it drifts by a third or more within the hour with no load showing, and every "
+        "figure below drifts with it.",
         "",
         "## Targets",
         "",
