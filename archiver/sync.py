@@ -1,7 +1,7 @@
 """One poll cycle for one account: list -> diff -> store -> fetch details -> store -> ledger.
 
-Transactions are per batch of listed objects, per vanish pass and per detail batch, so a cycle that dies at
-any point leaves whole steps behind, and the next cycle converges to the same database.
+Transactions are per batch of listed objects, per vanish pass and per detail batch, so a cycle
+that dies at any point leaves whole steps behind, and the next cycle converges to the same database.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class _Cycle:
             # Most listed sessions are as they were: those whose object has the digest stored with
             # them are told apart without parsing, on one narrow read.
             stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
-            unchanged, parsed, rejects = self._parse_page(hashed, stored_hashes, seen_at)
+            unchanged, parsed, rejects = self._sort_listed(hashed, stored_hashes, seen_at)
             self.counts["listed"] += len(unchanged) + len(parsed)
             # The rest are parsed and compared on a few columns (those stored at all: every stored
             # session has an entry in stored_hashes); whole rows are read only for the sessions
@@ -282,13 +282,13 @@ class _Cycle:
             store.insert_rows(conn, store.versions_table, versions)
             store.insert_rows(conn, store.rejects_table, rejects)
 
-    def _parse_page(
+    def _sort_listed(
         self,
         hashed: Sequence[tuple[Any, str | None, str | None]],
         stored_hashes: dict[str, str | None],
         seen_at: datetime,
     ) -> tuple[list[str], list[tuple[SessionRecord, str | None]], list[dict[str, Any]]]:
-        """The ids of sessions listed with their stored digest (unchanged), the page's other
+        """The ids of sessions listed with their stored digest (unchanged), the other objects'
         records with their digests, and the rejects. An id already seen in this listing
         (overlapping pages, a list that shifted right) is skipped.
         """
