@@ -172,6 +172,14 @@ class CloudflareClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Requests are built whole (the client's default headers included) and, where the client
+        # has a transport of its own (no proxy), handed straight to it: the client's send (URL
+        # merging, cookie jar, hooks, redirect logic) was a third of a request's CPU and does
+        # nothing for these GETs. Through a proxy, the client sends them.
+        self._direct = transport
+        self._base_url = str(self._http.base_url).rstrip("/")
+        self._headers = self._http.headers
+        self._timeout = self._http.timeout.as_dict()
 
     def account(self, account_id: str, stats: RequestStats) -> AccountAPI:
         """The API of one account, counting requests into ``stats``."""
@@ -232,9 +240,13 @@ class CloudflareClient:
         doubt: Doubt | None = None,
     ) -> Any:
         stats.requests += 1
+        request = httpx.Request("GET", self._base_url + path, params=params, headers=self._headers, extensions={"timeout": self._timeout})
         try:
-            async with self._http.stream("GET", path, params=params) as response:
+            response = await self._send(request)
+            try:
                 body = await _read_capped(response)
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             stats.count(0)
             refused = _certificate_error(exc)
@@ -255,6 +267,13 @@ class CloudflareClient:
         if response.status_code == 404 and missing_ok:
             return None
         raise self._error_for(response, body, stats)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._direct is None:
+            return await self._http.send(request, stream=True)
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        return response
 
     def _retry_delay(self, attempt: int, exc: UpstreamError) -> float:
         """Exponential backoff with jitter; a Retry-After is honoured but never below the backoff

@@ -6,14 +6,19 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 import trustme
 
+from archiver import cloudflare, migrate
 from archiver.cloudflare import client_from_settings
 from archiver.config import settings_from
+from archiver.emulator import Emulator
+from archiver.store import make_engine
 from archiver.transport import StreamTransport
+from tests.helpers import archived, client_for, cycle
 
 # What a scripted server does with one request on a connection: write its answer, or return
 # False to close the connection without answering.
@@ -273,3 +278,20 @@ def test_the_client_leaves_proxied_traffic_to_httpx(monkeypatch: pytest.MonkeyPa
         await proxied.aclose()
 
     asyncio.run(close())
+
+
+def test_through_httpx_own_transport_a_cycle_archives_the_same(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The path proxied traffic takes (the client's own send, httpcore), against the emulator."""
+    monkeypatch.setattr(cloudflare, "_proxy_configured", lambda: True)
+    emulator = Emulator(accounts=1, initial_sessions=12, seed=4, speed=0.0, spawn_per_minute=0.0)
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    migrate.upgrade(engine)
+    with emulator.serve(port=0) as server:
+        probe = client_for(server, emulator)
+        assert not isinstance(probe._http._transport, StreamTransport)
+        asyncio.run(probe.aclose())
+        result = cycle(server, emulator, engine)
+    assert result.outcome == "ok", result.error
+    assert result.counts["details_fetched"] == 12
+    assert set(archived(engine)) == {t["sessionId"] for t in emulator.truth()}
+    engine.dispose()
