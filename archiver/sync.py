@@ -1,7 +1,8 @@
 """One poll cycle for one account: list -> diff -> store -> fetch details -> store -> ledger.
 
-Transactions are per batch of listed objects, per vanish pass and per detail batch, so a cycle
-that dies at any point leaves whole steps behind, and the next cycle converges to the same database.
+Transactions are per batch of listed objects (the last one with the vanish pass) and per detail
+batch, so a cycle that dies at any point leaves whole steps behind, and the next cycle converges to
+the same database.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import lifecycle, locks, store
-from archiver.cloudflare import AccountAPI, RequestStats, client_from_settings
+from archiver.cloudflare import AccountAPI, Listing, RequestStats, client_from_settings
 from archiver.config import Settings
 from archiver.errors import ArchiverError, BadRecordError, RetriableError, first_line
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
@@ -131,8 +132,6 @@ class _Cycle:
         outcome = "failed"
         try:
             await self._list()
-            if self.listing_complete:
-                self._mark_vanished()
             if self.pages:
                 await self._fetch_details()
                 outcome = "ok" if self.listing_complete and not self.counts["details_failed"] else "partial"
@@ -226,15 +225,16 @@ class _Cycle:
             self._store_listed(pending, seen_at)  # what did arrive is as good as ever
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return
-        self._store_listed(pending, seen_at)
+        self._store_listed(pending, seen_at, ended=listing)
         if listing.problem:
             self.errors.append(f"listing incomplete: {listing.problem}")
         elif self.counts["unidentified"]:
             self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
-        self.listing_complete = listing.complete and not self.counts["unidentified"]
 
-    def _store_listed(self, items: Sequence[Any], seen_at: datetime) -> None:
-        if not items:
+    def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> None:
+        """Store listed objects; with ``ended``, the listing they end, and if it was complete, mark
+        what it no longer holds vanished in the same transaction (one commit fewer a cycle)."""
+        if not items and ended is None:
             return
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
@@ -281,6 +281,10 @@ class _Cycle:
             store.touch_seen_rehashed(conn, self.account_id, rehashed, seen_at, self.run_id)
             store.insert_rows(conn, store.versions_table, versions)
             store.insert_rows(conn, store.rejects_table, rejects)
+            if ended is not None:
+                self.listing_complete = ended.complete and not self.counts["unidentified"]
+                if self.listing_complete:
+                    self._mark_vanished(conn)
 
     def _sort_listed(
         self,
@@ -317,14 +321,14 @@ class _Cycle:
             parsed.append((record, digest))
         return unchanged, parsed, rejects
 
-    def _mark_vanished(self) -> None:
+    def _mark_vanished(self, conn: Connection) -> None:
+        """Only after a complete listing: its active sessions that it no longer holds are vanished."""
         at = self.clock()
-        with self._transaction() as conn:
-            absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
-            known = store.load_sessions(conn, self.account_id, absent)
-            steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
-            store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
-            store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])
+        absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
+        known = store.load_sessions(conn, self.account_id, absent)
+        steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
+        store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
+        store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])
         self.counts["vanished"] += len(steps)
 
     # -- details ------------------------------------------------------------------------------
