@@ -207,13 +207,16 @@ def test_listing_left_early_is_not_complete() -> None:
     async def go() -> Listing:
         async with make_client(server) as client:
             listing = client.account(ACCOUNT, RequestStats()).listing()
-            async for _page in listing:
-                break
+            async with contextlib.aclosing(aiter(listing)) as pages:  # as the poll cycle leaves a listing
+                async for _page in pages:
+                    break
             return listing
 
     listing = asyncio.run(go())
     assert listing.complete is False
-    assert len(server.params) == 1
+    # The second page is requested ahead while the first is handed over; whether that request
+    # reached the server before it was cancelled is a matter of scheduling. Nothing beyond it is.
+    assert len(server.params) <= 2
 
 
 def test_listing_requests_the_next_page_while_the_caller_holds_this_one() -> None:
