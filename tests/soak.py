@@ -412,7 +412,7 @@ def compare(run: SoakRun, engine: Engine) -> SoakFigures:
         rows = {(r["account_id"], r["session_id"]): dict(r) for r in conn.execute(select(sessions_table)).mappings()}
         versions = [dict(r) for r in conn.execute(select(versions_table).order_by(versions_table.c.id)).mappings()]
     truth = {(t["accountId"], t["sessionId"]): t for t in run.emulator.truth()}
-    pages = _pages_by_account(run.emulator.served_pages or [])
+    pages = pages_by_account(run.emulator.served_pages or [])
     stats = run.emulator.stats()
     figures.cycles = Counter(r["outcome"] for r in runs)
     figures.requests = stats["requests"]
@@ -420,7 +420,7 @@ def compare(run: SoakRun, engine: Engine) -> SoakFigures:
     figures.faulty_requests = sum(figures.faults.values())
     figures.stray_requests = stats.get("route:unknown", 0) + stats.get("status:400", 0)
     figures.sessions_in_truth = len(truth)
-    _check_listed(figures, run, runs, rows, pages)
+    _check_listed(figures, run, runs, rows, truth, pages)
     _check_close_reasons(figures, run, runs, rows, truth)
     _check_duplicates(figures, rows, versions)
     _check_listings(figures, run, runs, truth, pages)
@@ -428,7 +428,7 @@ def compare(run: SoakRun, engine: Engine) -> SoakFigures:
     return figures
 
 
-def _pages_by_account(pages: list[ServedPage]) -> dict[str, tuple[list[float], list[ServedPage]]]:
+def pages_by_account(pages: list[ServedPage]) -> dict[str, tuple[list[float], list[ServedPage]]]:
     by_account: dict[str, list[ServedPage]] = {}
     for page in sorted(pages, key=lambda p: p.at):
         by_account.setdefault(page.account_id, []).append(page)
@@ -441,16 +441,51 @@ def _pages_within(pages: dict[str, tuple[list[float], list[ServedPage]]], run: d
     return served[bisect.bisect_left(times, run["started_at"].timestamp()) : bisect.bisect_right(times, end)]
 
 
+def pages_consumed(pages: dict[str, tuple[list[float], list[ServedPage]]], run: dict[str, Any]) -> list[ServedPage]:
+    """The pages of a run's listing its cycle went on with: of the offsets it asked for, the first
+    ``pages`` (the ledger's count of pages received; the listing asks for them in ascending order),
+    each as its last attempt answered, if that one delivered.
+
+    A page the server answered is not always one the client got: an answer slower than the
+    client's timeout is asked again (and the list may have moved meanwhile), and a listing left
+    early drops the page it had requested ahead.
+    """
+    last_attempt: dict[int, ServedPage] = {}
+    for page in _pages_within(pages, run):
+        last_attempt[page.offset] = page
+    kept = [last_attempt[offset] for offset in sorted(last_attempt)[: run["pages"]]]
+    return [page for page in kept if page.delivered]
+
+
 def _check_listed(figures: SoakFigures, run: SoakRun, runs: list[dict[str, Any]], rows: dict[Any, Any],
-                  pages: dict[str, tuple[list[float], list[ServedPage]]]) -> None:
-    listed = {
-        (r["account_id"], sid)
-        for r in runs if r["outcome"] in OK_OUTCOMES
-        for page in _pages_within(pages, r) if page.delivered
-        for sid in page.ids
-    }
+                  truth: dict[Any, dict[str, Any]], pages: dict[str, tuple[list[float], list[ServedPage]]]) -> None:
+    listed: dict[tuple[str, str], list[str]] = {}
+    for r in runs:
+        if r["outcome"] not in OK_OUTCOMES:
+            continue
+        for page in pages_consumed(pages, r):
+            for sid in page.ids:
+                listed.setdefault((r["account_id"], sid), []).append(_served_in(run, page, r))
     figures.sessions_listed = len(listed)
-    figures.sessions_lost = sorted(f"{a}/{s}" for a, s in listed - set(rows))
+    figures.sessions_lost = sorted(
+        f"{a}/{s}: {_lifetime(run, truth[a, s])}; {'; '.join(listed[a, s])}" for a, s in listed.keys() - rows.keys()
+    )
+
+
+def _lifetime(run: SoakRun, item: dict[str, Any]) -> str:
+    """When a session lived upstream, in seconds since the soak began."""
+    def since(sim_ms: float | None) -> str:
+        return "-" if sim_ms is None else f"{(sim_ms - run.sim0_ms) / 1000 / run.plan.speed:.3f}s"
+    return f"open {since(item['startTime'])}..{since(item['closedAtMs'])}"
+
+
+def _served_in(run: SoakRun, page: ServedPage, r: dict[str, Any]) -> str:
+    """Where a page was served, for a report: seconds since the soak began, and the run's window."""
+    def since(t: float) -> str:
+        return f"{t - run.wall0:.3f}s"
+    finished = since(r["finished_at"].timestamp()) if r["finished_at"] else "-"
+    return (f"offset {page.offset} served at {since(page.at)} in run {r['id']} ({r['outcome']}, "
+            f"{since(r['started_at'].timestamp())}..{finished}, {r['pages']} page(s), listing complete: {r['listing_complete']})")
 
 
 def _check_close_reasons(figures: SoakFigures, run: SoakRun, runs: list[dict[str, Any]], rows: dict[Any, Any],
@@ -500,16 +535,16 @@ def _check_listings(figures: SoakFigures, run: SoakRun, runs: list[dict[str, Any
         if r["finished_at"] is None or r["outcome"] == "aborted":
             continue  # a killed cycle's listing is incomplete and flagged by its outcome
         start, end = run.sim_ms(r["started_at"].timestamp()), run.sim_ms(r["finished_at"].timestamp())
-        served = _pages_within(pages, r)
-        if not served:
+        if not _pages_within(pages, r):
             continue  # it failed before listing (the database was away)
-        shown = {sid for page in served if page.delivered for sid in page.ids}
+        consumed = pages_consumed(pages, r)
+        shown = {sid for page in consumed for sid in page.ids}
         missed = [
             t["sessionId"] for t in by_account.get(r["account_id"], [])
             if t["startTime"] < start - margin_ms and (t["closedAtMs"] is None or t["closedAtMs"] > end + margin_ms)
             and t["sessionId"] not in shown
         ]
-        spoiled = any(page.fault == "bad_id" for page in served)
+        spoiled = any(page.fault == "bad_id" for page in consumed)
         if missed or spoiled:
             figures.incomplete_listings += 1
             if r["listing_complete"]:

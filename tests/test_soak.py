@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
+from archiver.emulator.app import ServedPage
 from tests.soak import (
     SoakFigures,
     SoakPlan,
     SoakRun,
     Supervisor,
     TcpProxy,
+    pages_by_account,
+    pages_consumed,
     archive_engine,
     compare,
     devtools_url_tokens,
@@ -101,3 +106,29 @@ def assert_no_secrets(log: str, database: str, secret_values: list[str]) -> None
     for value in secret_values:
         assert value not in log
         assert value not in database
+
+
+def _page(at: float, offset: int, fault: int | str | None, *ids: str) -> ServedPage:
+    return ServedPage(at, "acct", offset, fault, ids)
+
+
+@pytest.mark.parametrize(
+    ("served", "pages", "expected"),
+    [
+        # an answer slower than the client's timeout, asked again: the repeat is what the cycle got
+        ([_page(1, 0, None, "a", "b"), _page(2, 180, None, "c"), _page(3, 180, None, "d")], 2, {"a", "b", "d"}),
+        # the last attempt failed: the listing ended before that page
+        ([_page(1, 0, None, "a"), _page(2, 180, None, "c"), _page(3, 180, 503)], 1, {"a"}),
+        # a page requested ahead, dropped when the listing was left early
+        ([_page(1, 0, None, "a"), _page(1.5, 180, None, "c")], 1, {"a"}),
+        # a spoiled id still delivers the others
+        ([_page(1, 0, "bad_id", "a")], 1, {"a"}),
+        # a page outside the cycle's window belongs to another cycle
+        ([_page(0.5, 0, None, "z"), _page(1, 0, None, "a")], 1, {"a"}),
+    ],
+    ids=["timed-out-then-repeated", "repeat-failed", "dropped-page-ahead", "spoiled-id", "outside-window"],
+)
+def test_pages_consumed_are_those_the_cycle_went_on_with(served: list[ServedPage], pages: int, expected: set[str]) -> None:
+    by_account = pages_by_account(served)
+    run = {"account_id": "acct", "started_at": datetime.fromtimestamp(0.9, UTC), "finished_at": datetime.fromtimestamp(4, UTC), "pages": pages}
+    assert {sid for page in pages_consumed(by_account, run) for sid in page.ids} == expected
