@@ -8,8 +8,10 @@ import logging
 import random
 import re
 import ssl
+import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, FatalError, RetriableError
 from archiver.ratelimit import RateLimiter, TokenBucket
 from archiver.records import UUID_PATTERN, redact_text
-from archiver.transport import StreamTransport
+from archiver.transport import Answer, BodyTooLarge, StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ PAGE_SIZE = 200
 # skipping sessions.
 PAGE_OVERLAP = 10
 MAX_BODY_BYTES = 16 * 1024 * 1024
+ACCEPT_ENCODING = b"gzip, deflate"
 BACKOFF_BASE_SECONDS = 0.5
 ACCOUNT_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JSON_NAMES: dict[type, str] = {list: "array", dict: "object", str: "string", type(None): "null", bool: "boolean"}
@@ -66,13 +69,26 @@ class Listing:
     pages: int = 0
     complete: bool = False
     problem: str | None = None
+    _first: asyncio.Future[list[Any]] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Ask for the first page now, so that the caller can do other work while it comes."""
+        if self._first is None:
+            self._first = asyncio.ensure_future(self._page(0))
+
+    async def drop(self) -> None:
+        """Abandon a first page asked for with start() that the listing never came to."""
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         # The next page is requested before this one is handed over, so that the server prepares
         # it (and the network carries it) while the caller stores this one.
         offset = 0
         previous_ids: set[Any] = set()
-        fetch = asyncio.ensure_future(self._page(offset))
+        fetch, self._first = self._first or asyncio.ensure_future(self._page(offset)), None
         try:
             while True:
                 items = await fetch
@@ -172,14 +188,18 @@ class CloudflareClient:
             transport=transport,
             follow_redirects=False,
         )
-        # Requests are built whole (the client's default headers included) and, where the client
-        # has a transport of its own (no proxy), handed straight to it: the client's send (URL
-        # merging, cookie jar, hooks, redirect logic) was a third of a request's CPU and does
-        # nothing for these GETs. Through a proxy, the client sends them.
-        self._direct = transport
-        self._base_url = str(self._http.base_url).rstrip("/")
-        self._headers = self._http.headers
         self._timeout = self._http.timeout.as_dict()
+        # On the direct path (no proxy, no transport given), requests go to the stream transport as
+        # bytes: a request line and a header block fixed here, the client's own headers included.
+        url = self._http.base_url
+        self._stream = transport if isinstance(transport, StreamTransport) else None
+        self._origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        self._base_path = url.raw_path.rstrip(b"/")
+        self._raw_headers = [
+            (b"Host", url.netloc),
+            *((name, value) for name, value in self._http.headers.raw if name.lower() != b"accept-encoding"),
+            (b"Accept-Encoding", ACCEPT_ENCODING),
+        ]
 
     def account(self, account_id: str, stats: RequestStats) -> AccountAPI:
         """The API of one account, counting requests into ``stats``."""
@@ -240,13 +260,13 @@ class CloudflareClient:
         doubt: Doubt | None = None,
     ) -> Any:
         stats.requests += 1
-        request = httpx.Request("GET", self._base_url + path, params=params, headers=self._headers, extensions={"timeout": self._timeout})
         try:
-            response = await self._send(request)
-            try:
-                body = await _read_capped(response)
-            finally:
-                await response.aclose()
+            if self._stream is not None:
+                answer = await self._fetch(path, params)
+            else:
+                answer = await self._fetch_through_httpx(path, params)
+        except BodyTooLarge as exc:
+            raise UpstreamError(str(exc)) from exc
         except httpx.TransportError as exc:
             stats.count(0)
             refused = _certificate_error(exc)
@@ -255,25 +275,37 @@ class CloudflareClient:
                 host = self._http.base_url.host
                 raise FatalError(f"TLS certificate of {host} refused: {refused.verify_message}") from exc
             raise UpstreamError(f"{type(exc).__name__} talking to Cloudflare") from exc
-        stats.count(response.status_code)
-        if response.status_code == 200:
-            data = self._decode(body)
+        stats.count(answer.status)
+        if answer.status == 200:
+            data = self._decode(answer.body)
             if expect is not None and not isinstance(data, expect) and not (data is None and missing_ok):
                 raise UpstreamError(f"expected a JSON {JSON_NAMES[expect]} from Cloudflare, got {_json_name(data)}")
             reason = doubt(data) if doubt is not None else None
             if reason is not None:
                 raise DoubtfulAnswer(reason, data)
             return data
-        if response.status_code == 404 and missing_ok:
+        if answer.status == 404 and missing_ok:
             return None
-        raise self._error_for(response, body, stats)
+        raise self._error_for(answer, stats)
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        if self._direct is None:
-            return await self._http.send(request, stream=True)
-        response = await self._direct.handle_async_request(request)
-        response.request = request
-        return response
+    async def _fetch(self, path: str, params: dict[str, Any] | None) -> Answer:
+        target = self._base_path + urllib.parse.quote(path).encode()
+        if params:
+            target += b"?" + urllib.parse.urlencode(params).encode()
+        answer = await self._stream.fetch(self._origin, target, self._raw_headers, self._timeout, MAX_BODY_BYTES)  # type: ignore[union-attr]
+        encoding = _header(answer.headers, b"content-encoding")
+        if encoding is None or encoding in (b"identity", b""):
+            return answer
+        return answer._replace(body=_decompressed(answer.body, encoding))
+
+    async def _fetch_through_httpx(self, path: str, params: dict[str, Any] | None) -> Answer:
+        """The request through httpx's client: a proxy, or a transport given by the caller."""
+        response = await self._http.send(self._http.build_request("GET", path, params=params), stream=True)
+        try:
+            body = await _read_capped(response)
+        finally:
+            await response.aclose()
+        return Answer(response.status_code, response.headers.raw, body, response.reason_phrase)
 
     def _retry_delay(self, attempt: int, exc: UpstreamError) -> float:
         """Exponential backoff with jitter; a Retry-After is honoured but never below the backoff
@@ -296,17 +328,17 @@ class CloudflareClient:
             return data["result"]
         return data
 
-    def _error_for(self, response: httpx.Response, body: bytes, stats: RequestStats) -> Exception:
-        status = response.status_code
+    def _error_for(self, answer: Answer, stats: RequestStats) -> Exception:
+        status, body = answer.status, answer.body
         try:
             message = _envelope_message(json.loads(body))
         except (ValueError, RecursionError):
-            message = body[:120].decode("utf-8", "replace") or response.reason_phrase
+            message = body[:120].decode("utf-8", "replace") or answer.reason
         message = self._clean(message)
         text = f"HTTP {status} from Cloudflare: {message}"
         if status == 429:
             stats.throttled += 1
-            return ThrottledError(text, _retry_after(response))
+            return ThrottledError(text, _retry_after(answer))
         if status in RETRY_STATUSES or status >= 500:
             return UpstreamError(text)
         if status in (401, 403):
@@ -383,8 +415,34 @@ def _envelope_message(data: Any) -> str:
     return "no error details"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of a header (``name`` lower-cased), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value.strip().lower()
+    return None
+
+
+def _decompressed(body: bytes, encoding: bytes) -> bytes:
+    """A gzip or deflate body decoded, never past MAX_BODY_BYTES (a small body may unpack huge)."""
+    if encoding == b"gzip":
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == b"deflate":
+        # Servers send deflate with or without the zlib header; a leading 0x78 byte tells which.
+        decoder = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+    else:
+        raise UpstreamError(f"response in an encoding that was not asked for: {encoding.decode('latin-1')[:40]}")
+    try:
+        data = decoder.decompress(body, MAX_BODY_BYTES + 1)
+    except zlib.error as exc:
+        raise UpstreamError(f"{encoding.decode()} body that does not decode: {exc}") from exc
+    if len(data) > MAX_BODY_BYTES:
+        raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
+    return data
+
+
+def _retry_after(answer: Answer) -> float | None:
+    value = _header(answer.headers, b"retry-after")
     try:
         seconds = float(value) if value is not None else None
     except ValueError:

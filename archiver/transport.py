@@ -6,6 +6,10 @@ backends, connection bookkeeping per request. The archiver needs none of that on
 to the API, and on this path httpcore was about half of a request's CPU, the largest cost of a
 steady poll cycle. Where a proxy is configured, the client keeps httpx's default transport.
 
+Besides the httpx interface, ``fetch`` reads a response whole without building httpx's request
+and response objects: the archiver's client takes that path, where those objects (URL parsing,
+header normalisation, the layered body streams) were a third of a request's CPU.
+
 Errors are httpx's own (ConnectError, ReadTimeout, RemoteProtocolError...), raised from their
 cause, so callers cannot tell the transports apart.
 """
@@ -15,14 +19,29 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NamedTuple
 
 import h11
 import httpx
 
 READ_SIZE = 64 * 1024
 Origin = tuple[str, str, int]
+Headers = list[tuple[bytes, bytes]]
+Timeouts = Mapping[str, float | None]
+
+
+class Answer(NamedTuple):
+    """A whole response, as ``StreamTransport.fetch`` reads it."""
+
+    status: int
+    headers: Headers  # names lower-cased
+    body: bytes  # as sent: any Content-Encoding is the caller's to undo
+    reason: str
+
+
+class BodyTooLarge(Exception):
+    """A body outgrew what the caller reads at most; its connection was dropped."""
 
 
 class StreamTransport(httpx.AsyncBaseTransport):
@@ -37,31 +56,55 @@ class StreamTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        origin = (request.url.scheme, request.url.host, request.url.port or (443 if request.url.scheme == "https" else 80))
+        url = request.url
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        content = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
+        connection = await self._checkout(origin, timeouts, request)
         try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("no connection available in time", request=request) from exc
-        try:
-            connection = self._reuse(origin) or await _Connection.open(origin, self._ssl_context, timeouts.get("connect"), request)
-            try:
-                await connection.send(request, timeouts.get("write"))
-                status, headers, reason = await connection.receive_head(request, timeouts.get("read"))
-            except BaseException:
-                connection.close()
-                raise
+            await connection.send(request.method.encode(), url.raw_path, list(request.headers.raw), content, timeouts.get("write"), request)
+            status, headers, reason = await connection.receive_head(timeouts.get("read"), request)
         except BaseException:
-            self._slots.release()
+            self._drop(connection)
             raise
         body = _Body(self, origin, connection, request, timeouts.get("read"))
         return httpx.Response(status, headers=headers, stream=body, extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason})
+
+    async def fetch(self, origin: Origin, target: bytes, headers: Headers, timeouts: Timeouts, max_bytes: int) -> Answer:
+        """GET ``target`` (path and query) from ``origin`` with exactly ``headers`` (Host included),
+        and read the answer whole; BodyTooLarge past ``max_bytes``."""
+        connection = await self._checkout(origin, timeouts)
+        try:
+            await connection.send(b"GET", target, headers, b"", timeouts.get("write"))
+            status, response_headers, reason = await connection.receive_head(timeouts.get("read"))
+            body = await connection.receive_body(timeouts.get("read"), max_bytes)
+        except BaseException:
+            self._drop(connection)
+            raise
+        self._release(origin, connection)
+        return Answer(status, response_headers, body, reason.decode("latin-1"))
 
     async def aclose(self) -> None:
         for connections in self._idle.values():
             for _, connection in connections:
                 connection.close()
         self._idle.clear()
+
+    async def _checkout(self, origin: Origin, timeouts: Timeouts, request: httpx.Request | None = None) -> _Connection:
+        """A connection to ``origin`` (an idle one if any), holding one of the slots."""
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise httpx.PoolTimeout("no connection available in time", request=request) from exc
+        try:
+            return self._reuse(origin) or await _Connection.open(origin, self._ssl_context, timeouts.get("connect"), request)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self._slots.release()
 
     def _reuse(self, origin: Origin) -> _Connection | None:
         connections = self._idle.get(origin)
@@ -88,7 +131,8 @@ class _Connection:
         self.h11 = h11.Connection(h11.CLIENT)
 
     @classmethod
-    async def open(cls, origin: Origin, ssl_context: ssl.SSLContext, timeout: float | None, request: httpx.Request) -> _Connection:
+    async def open(cls, origin: Origin, ssl_context: ssl.SSLContext, timeout: float | None,
+                   request: httpx.Request | None) -> _Connection:
         scheme, host, port = origin
         tls = ssl_context if scheme == "https" else None
         try:
@@ -111,11 +155,11 @@ class _Connection:
             return True
         return False
 
-    async def send(self, request: httpx.Request, timeout: float | None) -> None:
-        target = request.url.raw_path
-        events: list[Any] = [h11.Request(method=request.method, target=target, headers=list(request.headers.raw))]
-        async for chunk in request.stream:  # type: ignore[union-attr]
-            events.append(h11.Data(data=chunk))
+    async def send(self, method: bytes, target: bytes, headers: Headers, content: bytes, timeout: float | None,
+                   request: httpx.Request | None = None) -> None:
+        events: list[Any] = [h11.Request(method=method, target=target, headers=headers)]
+        if content:
+            events.append(h11.Data(data=content))
         events.append(h11.EndOfMessage())
         data = b"".join(self.h11.send(event) or b"" for event in events)
         try:
@@ -127,14 +171,27 @@ class _Connection:
         except OSError as exc:
             raise httpx.WriteError(f"sending the request failed: {exc}", request=request) from exc
 
-    async def receive_head(self, request: httpx.Request, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def receive_head(self, timeout: float | None, request: httpx.Request | None = None) -> tuple[int, Headers, bytes]:
         while True:
-            event = await self.next_event(request, timeout)
+            event = await self.next_event(timeout, request)
             if isinstance(event, h11.Response):
                 return event.status_code, list(event.headers), event.reason
             # An informational (1xx) response precedes the real one.
 
-    async def next_event(self, request: httpx.Request, timeout: float | None) -> Any:
+    async def receive_body(self, timeout: float | None, max_bytes: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.next_event(timeout)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max_bytes:
+                    raise BodyTooLarge(f"response body larger than {max_bytes} bytes")
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+
+    async def next_event(self, timeout: float | None, request: httpx.Request | None = None) -> Any:
         while True:
             try:
                 event = self.h11.next_event()
@@ -173,7 +230,7 @@ class _Body(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self._complete:
-            event = await self._connection.next_event(self._request, self._timeout)
+            event = await self._connection.next_event(self._timeout, self._request)
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,10 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from pydantic import SecretStr
 
 from archiver import cloudflare, migrate
 from archiver.cloudflare import client_from_settings
-from archiver.config import settings_from
+from archiver.config import Credentials, settings_from
+from archiver.errors import RetriableError
 from archiver.emulator import Emulator
 from archiver.store import make_engine
 from archiver.transport import StreamTransport
@@ -295,3 +300,77 @@ def test_through_httpx_own_transport_a_cycle_archives_the_same(monkeypatch: pyte
     assert result.counts["details_fetched"] == 12
     assert set(archived(engine)) == {t["sessionId"] for t in emulator.truth()}
     engine.dispose()
+
+
+def direct_client(url: str, **options: object) -> cloudflare.CloudflareClient:
+    """The archiver's client on its direct path (its own stream transport), against ``url``."""
+    client = cloudflare.CloudflareClient(url + "/client/v4/", Credentials(token=SecretStr("secret-token")), **options)  # type: ignore[arg-type]
+    assert client._stream is not None
+    return client
+
+
+def test_the_direct_path_sends_a_complete_request() -> None:
+    async def go() -> None:
+        async with serving(answer_ok) as (server, url), direct_client(url) as client:
+            stats = cloudflare.RequestStats()
+            data = await client.get_json("/accounts/abc/x", {"limit": 200, "offset": 10}, stats)
+        assert data == {"path": "/client/v4/accounts/abc/x?limit=200&offset=10"}
+        request_line, *header_lines = server.requests[0].decode().strip().split("\r\n")
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in header_lines)}
+        assert request_line == "GET /client/v4/accounts/abc/x?limit=200&offset=10 HTTP/1.1"
+        assert headers["host"] == url.removeprefix("http://")
+        assert headers["authorization"] == "Bearer secret-token"
+        assert headers["accept"] == "application/json" and headers["accept-encoding"] == "gzip, deflate"
+        assert headers["user-agent"] == "browser-session-archiver"
+
+    asyncio.run(go())
+
+
+def encoded(encoding: str, body: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body)
+    if encoding == "deflate":  # with the zlib header
+        return zlib.compress(body)
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # raw deflate, as some servers send it
+    return compressor.compress(body) + compressor.flush()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_the_direct_path_decodes_compressed_bodies(encoding: str) -> None:
+    document = json.dumps([{"sessionId": str(n), "padding": "x" * 50} for n in range(500)]).encode()
+
+    async def compressed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
+        name = encoding.removeprefix("raw-").encode()
+        writer.write(ok(encoded(encoding, document), extra=b"Content-Encoding: %s\r\n" % name))
+        return True
+
+    async def go() -> None:
+        async with serving(compressed) as (_, url), direct_client(url) as client:
+            assert await client.get_json("/x", None, cloudflare.RequestStats()) == json.loads(document)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (ok(gzip.compress(b"[" + b" " * 4096 + b"]"), extra=b"Content-Encoding: gzip\r\n"), "larger than 1024 bytes"),
+        (ok(b"x" * 2048), "larger than 1024 bytes"),
+        (ok(b"not gzip", extra=b"Content-Encoding: gzip\r\n"), "gzip body that does not decode"),
+        (ok(b"[]", extra=b"Content-Encoding: br\r\n"), "encoding that was not asked for: br"),
+    ],
+    ids=["unpacks-past-the-cap", "past-the-cap", "corrupt-gzip", "unasked-encoding"],
+)
+def test_the_direct_path_refuses_bodies_it_cannot_take(monkeypatch: pytest.MonkeyPatch, answer: bytes, message: str) -> None:
+    monkeypatch.setattr(cloudflare, "MAX_BODY_BYTES", 1024)
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
+        writer.write(answer)
+        return True
+
+    async def go() -> None:
+        async with serving(scripted) as (_, url), direct_client(url, max_retries=0) as client:
+            with pytest.raises(RetriableError, match=message):
+                await client.get_json("/x", None, cloudflare.RequestStats())
+
+    asyncio.run(go())
