@@ -2,7 +2,8 @@
 
 Transactions are per batch of listed objects (the last one with the vanish pass) and per detail
 batch, so a cycle that dies at any point leaves whole steps behind, and the next cycle converges to
-the same database.
+the same database. The cycle's last write closes its ledger row too, where the figures are known
+by then; otherwise a write of its own closes it.
 """
 
 from __future__ import annotations
@@ -125,16 +126,27 @@ class _Cycle:
         self.listing_complete = False
         self.pages = 0
         self.errors: list[str] = []
+        self.closed = False  # whether the ledger row is closed (in the cycle's last write, when it can be)
 
     async def run(self) -> CycleResult:
         started = time.perf_counter()
-        self.run_id = self._open_run()
+        opened_at = self.clock()
+        listing = self.api.listing()
+        # The first page is asked for before the ledger row is written, so that the server
+        # prepares it meanwhile; if the row cannot be written, the page is dropped.
+        listing.start()
+        try:
+            await asyncio.sleep(0)  # lets the request go out
+            self.run_id = self._open_run(opened_at)
+        except BaseException:
+            await listing.drop()
+            raise
         outcome = "failed"
         try:
-            await self._list()
+            due = await self._list(listing)
             if self.pages:
-                await self._fetch_details()
-                outcome = "ok" if self.listing_complete and not self.counts["details_failed"] else "partial"
+                await self._fetch_details(due)
+                outcome = self._outcome()
         except asyncio.CancelledError:
             outcome = "aborted"
             self.errors.append("cancelled (shutdown) before the cycle ended")
@@ -148,7 +160,8 @@ class _Cycle:
             raise
         finally:
             duration = time.perf_counter() - started
-            self._close_run(outcome)
+            if not self.closed:
+                self._close_run(outcome)
         result = CycleResult(
             self.account_id,
             self.run_id,
@@ -170,8 +183,7 @@ class _Cycle:
 
     # -- the ledger ---------------------------------------------------------------------------
 
-    def _open_run(self) -> int:
-        now = self.clock()
+    def _open_run(self, now: datetime) -> int:
         try:
             with self._transaction() as conn:
                 # The caller holds this account's lock, so any 'running' row is a dead process's.
@@ -180,7 +192,20 @@ class _Cycle:
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot open a ledger row: {first_line(exc)}") from exc
 
+    def _outcome(self) -> str:
+        """The outcome of a cycle that went all the way."""
+        return "ok" if self.listing_complete and not self.counts["details_failed"] else "partial"
+
     def _close_run(self, outcome: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                store.finish_run(conn, self.run_id, self._ledger_values(outcome))
+        except SQLAlchemyError as exc:
+            # The cycle's data is already committed step by step; only its ledger row is stale,
+            # and the next cycle marks it aborted.
+            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, first_line(exc))
+
+    def _ledger_values(self, outcome: str) -> dict[str, Any]:
         stats = self.api.stats
         values: dict[str, Any] = {
             "finished_at": self.clock(),
@@ -196,18 +221,12 @@ class _Cycle:
         for name in ("listed", "new", "changed", "vanished", "reappeared", "details_fetched", "details_gone",
                      "details_failed", "details_carried", "rejected"):
             values[name] = self.counts[name]
-        try:
-            with self.engine.begin() as conn:
-                store.finish_run(conn, self.run_id, values)
-        except SQLAlchemyError as exc:
-            # The cycle's data is already committed step by step; only its ledger row is stale,
-            # and the next cycle marks it aborted.
-            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, first_line(exc))
+        return values
 
     # -- listing ------------------------------------------------------------------------------
 
-    async def _list(self) -> None:
-        listing = self.api.listing()
+    async def _list(self, listing: Listing) -> list[dict[str, Any]]:
+        """List every page and store what it says; return the sessions owed a detail fetch."""
         pending: list[Any] = []
         seen_at = self.clock()
         try:
@@ -222,20 +241,17 @@ class _Cycle:
                         self._store_listed(pending, seen_at)
                         pending = []
         except RetriableError as exc:
-            self._store_listed(pending, seen_at)  # what did arrive is as good as ever
+            # What did arrive is as good as ever; the listing stays incomplete.
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
-            return
-        self._store_listed(pending, seen_at, ended=listing)
-        if listing.problem:
-            self.errors.append(f"listing incomplete: {listing.problem}")
-        elif self.counts["unidentified"]:
-            self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
+            return self._store_listed(pending, seen_at, ended=listing) if self.pages else []
+        return self._store_listed(pending, seen_at, ended=listing)
 
-    def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> None:
-        """Store listed objects; with ``ended``, the listing they end, and if it was complete, mark
-        what it no longer holds vanished in the same transaction (one commit fewer a cycle)."""
+    def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[dict[str, Any]]:
+        """Store listed objects. With ``ended``, the listing they end, in the same transaction (one
+        commit fewer a cycle): if it was complete, mark what it no longer holds vanished; read the
+        sessions owed a detail fetch (returned); and if none is, close the ledger row."""
         if not items and ended is None:
-            return
+            return []
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
@@ -281,10 +297,21 @@ class _Cycle:
             store.touch_seen_rehashed(conn, self.account_id, rehashed, seen_at, self.run_id)
             store.insert_rows(conn, store.versions_table, versions)
             store.insert_rows(conn, store.rejects_table, rejects)
-            if ended is not None:
-                self.listing_complete = ended.complete and not self.counts["unidentified"]
-                if self.listing_complete:
-                    self._mark_vanished(conn)
+            if ended is None:
+                return []
+            self.listing_complete = ended.complete and not self.counts["unidentified"]
+            if ended.problem:
+                self.errors.append(f"listing incomplete: {ended.problem}")
+            elif ended.complete and self.counts["unidentified"]:
+                self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
+            if self.listing_complete:
+                self._mark_vanished(conn)
+            due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
+            nothing_owed = not due and self.options.detail_budget > 0
+            if nothing_owed:
+                store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
+        self.closed = nothing_owed
+        return due
 
     def _sort_listed(
         self,
@@ -333,9 +360,13 @@ class _Cycle:
 
     # -- details ------------------------------------------------------------------------------
 
-    async def _fetch_details(self) -> None:
-        with self.engine.connect() as conn:
-            due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
+    async def _fetch_details(self, due: Sequence[dict[str, Any]]) -> None:
+        """Fetch the details ``due`` (the budget's worth, most urgent first) and store them; the
+        last write closes the ledger row when the budget left no owed session out."""
+        if not due:
+            if self.options.detail_budget == 0:  # nothing was read: whatever is owed is carried
+                self._count_carried()
+            return
         semaphore = asyncio.Semaphore(self.options.detail_concurrency)
 
         async def fetch(known: dict[str, Any]) -> tuple[dict[str, Any], Any, RetriableError | None]:
@@ -348,42 +379,63 @@ class _Cycle:
         tasks = [asyncio.create_task(fetch(row)) for row in due]
         batch: list[tuple[dict[str, Any], Any, RetriableError | None]] = []
         oldest = 0.0
+        still_owed = 0
         try:
             for next_done in asyncio.as_completed(tasks):
                 batch.append(await next_done)
                 if len(batch) == 1:
                     oldest = time.monotonic()
                 if len(batch) >= DETAIL_WRITE_BATCH or time.monotonic() - oldest >= DETAIL_WRITE_SECONDS:
-                    self._store_details(batch)
+                    still_owed += self._store_details(batch)
                     batch = []
-            self._store_details(batch)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if len(due) < self.options.detail_budget:
+            # The budget left nothing out: what is still owed is what this cycle's fetches left owed.
+            self._store_details(batch, still_owed)
+        else:
+            self._store_details(batch)
+            self._count_carried()
+
+    def _count_carried(self) -> None:
         with self.engine.connect() as conn:
             self.counts["details_carried"] = store.count_due_for_detail(conn, self.account_id)
 
-    def _store_details(self, batch: Sequence[tuple[dict[str, Any], Any, RetriableError | None]]) -> None:
-        if not batch:
-            return
+    def _store_details(self, batch: Sequence[tuple[dict[str, Any], Any, RetriableError | None]],
+                       owed_before: int | None = None) -> int:
+        """Store a batch of detail results; return how many of its sessions are still owed one.
+        With ``owed_before`` (how many earlier batches left owed, when no owed session was left
+        out of the cycle), this is the cycle's last write, and it closes the ledger row too."""
         at = self.clock()
         rows, versions, rejects = [], [], []
+        still_owed = 0
         for known, body, error in batch:
             if error is not None:
                 self.counts["details_failed"] += 1
                 self._note_detail_error(error)
+                still_owed += 1
                 continue
             step = self._detail_step(known, body, at, rejects)
             self.counts[{"gone": "details_gone", "missing": "details_gone"}.get(step.kind, "details_fetched")] += 1
+            still_owed += int((step.row or known)["detail_due"] is not None)
             if step.row is not None:
                 rows.append(step.row)
             if step.version is not None:
                 versions.append(step.version)
-        with self._transaction() as conn:
-            store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
-            store.insert_rows(conn, store.versions_table, versions)
-            store.insert_rows(conn, store.rejects_table, rejects)
+        closing = owed_before is not None
+        if closing:
+            self.counts["details_carried"] = owed_before + still_owed
+        if rows or versions or rejects or closing:
+            with self._transaction() as conn:
+                store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
+                store.insert_rows(conn, store.versions_table, versions)
+                store.insert_rows(conn, store.rejects_table, rejects)
+                if closing:
+                    store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
+            self.closed = closing
+        return still_owed
 
     def _detail_step(self, known: dict[str, Any], body: Any, at: datetime, rejects: list[dict[str, Any]]) -> lifecycle.Transition:
         session_id = known["session_id"]

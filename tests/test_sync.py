@@ -4,7 +4,7 @@ ground truth, on a real SQLite archive (and on PostgreSQL and MariaDB where mark
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -122,8 +122,36 @@ def test_detail_budget_carries_over(engine: Engine, emulator: Emulator, server: 
     assert all(r["last_detail_at"] is not None for r in archived(engine).values())
 
 
+@pytest.mark.parametrize(
+    ("setup", "budget", "expected"),
+    [
+        (lambda emulator: None, 100, {"outcome": "ok", "details_fetched": 25, "details_carried": 0}),
+        (lambda emulator: None, 10, {"outcome": "ok", "details_fetched": 10, "details_carried": 15}),
+        (lambda emulator: None, 0, {"outcome": "ok", "details_fetched": 0, "details_carried": 25}),
+        (lambda emulator: emulator.inject(503, times=100, endpoint="get"), 100,
+         {"outcome": "partial", "details_failed": 25, "details_carried": 25}),
+        (lambda emulator: emulator.inject(503, times=100, endpoint="list"), 100, {"outcome": "failed", "pages": 0}),
+    ],
+    ids=["details-within-budget", "budget-leaves-some-owed", "no-budget", "details-failing", "listing-failing"],
+)
+def test_the_ledger_row_holds_the_cycle_figures_whichever_write_closes_it(
+    engine: Engine, emulator: Emulator, server: Any, setup: Callable[[Emulator], None], budget: int, expected: dict[str, Any]
+) -> None:
+    setup(emulator)
+    first = cycle(server, emulator, engine, detail_budget=budget, client={"max_retries": 0})
+    then = cycle(server, emulator, engine, detail_budget=budget, client={"max_retries": 0})  # quiet, or more of the same
+    runs = ledger(engine)
+    for result, row in zip((first, then), runs, strict=True):
+        assert (row["id"], row["outcome"], row["listing_complete"]) == (result.run_id, result.outcome, result.listing_complete)
+        assert row["finished_at"] is not None
+        for name in ("listed", "new", "details_fetched", "details_failed", "details_carried"):
+            assert row[name] == result.counts.get(name, 0), name
+    assert {name: runs[0][name] for name in expected} == expected
+
+
 def test_vanished_first_under_a_tight_budget(engine: Engine, emulator: Emulator, server: Any) -> None:
-    cycle(server, emulator, engine, detail_budget=0)
+    nothing_fetched = cycle(server, emulator, engine, detail_budget=0)
+    assert (nothing_fetched.counts.get("details_fetched", 0), nothing_fetched.counts["details_carried"]) == (0, 25)
     world = emulator.world(emulator.account_ids[0])
     closing = sorted(t["sessionId"] for t in emulator.truth() if t["active"])[:3]
     for sid in closing:
