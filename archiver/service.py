@@ -154,8 +154,8 @@ class Service:
         stats = RequestStats()
         result = await run_cycle(self.client.account(account_id, stats), self.engine, self.options, fence=self._fence(account_id))
         self.metrics.record_cycle(result, stats)
-        self._refresh_session_gauge(account_id)
         self._repace(account_id, stats)
+        await self._refresh_session_gauge(account_id)
 
     def _fence(self, account_id: str) -> Fence:
         """The check that opens each write of a cycle: the lease must still be ours (and is renewed)."""
@@ -199,22 +199,30 @@ class Service:
                         f", backing off x{self.pacer.penalty:g} after 429s" if self.pacer.penalty > 1 else "",
                     )
 
-    def _refresh_session_gauge(self, account_id: str) -> None:
+    async def _refresh_session_gauge(self, account_id: str) -> None:
         now = asyncio.get_running_loop().time()
         if now - self._gauge_refreshed.get(account_id, -SESSION_GAUGE_SECONDS) < SESSION_GAUGE_SECONDS:
             return
         self._gauge_refreshed[account_id] = now
+        try:
+            # The count reads every archived session of the account, so it grows with the archive:
+            # it runs in a worker thread, leaving the event loop (other accounts' cycles, the lease
+            # heartbeat) free meanwhile.
+            counts = await asyncio.to_thread(self._count_sessions, account_id)
+        except SQLAlchemyError as exc:
+            self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
+            log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
+            return
+        self.metrics.record_sessions(account_id, counts)
+
+    def _count_sessions(self, account_id: str) -> dict[str, int]:
         stmt = (
             select(sessions_table.c.status, func.count())
             .where(sessions_table.c.account_id == account_id)
             .group_by(sessions_table.c.status)
         )
-        try:
-            with self.engine.connect() as conn:
-                self.metrics.record_sessions(account_id, {status: n for status, n in conn.execute(stmt)})
-        except SQLAlchemyError as exc:
-            self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
-            log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
+        with self.engine.connect() as conn:
+            return {status: n for status, n in conn.execute(stmt)}
 
     # -- shutdown -----------------------------------------------------------------------------
 
