@@ -425,6 +425,8 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None
 
 def _decompressed(body: bytes, encoding: bytes) -> bytes:
     """A gzip or deflate body decoded, never past MAX_BODY_BYTES (a small body may unpack huge)."""
+    if not body:
+        return body
     if encoding == b"gzip":
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif encoding == b"deflate":
@@ -438,6 +440,8 @@ def _decompressed(body: bytes, encoding: bytes) -> bytes:
         raise UpstreamError(f"{encoding.decode()} body that does not decode: {exc}") from exc
     if len(data) > MAX_BODY_BYTES:
         raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
+    if not decoder.eof:
+        raise UpstreamError(f"{encoding.decode()} body cut short")
     return data
 
 

@@ -8,7 +8,7 @@ steady poll cycle. Where a proxy is configured, the client keeps httpx's default
 
 Besides the httpx interface, ``fetch`` reads a response whole without building httpx's request
 and response objects: the archiver's client takes that path, where those objects (URL parsing,
-header normalisation, the layered body streams) were a third of a request's CPU.
+header normalisation, the layered body streams) were a quarter of a request's CPU.
 
 Errors are httpx's own (ConnectError, ReadTimeout, RemoteProtocolError...), raised from their
 cause, so callers cannot tell the transports apart.

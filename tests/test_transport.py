@@ -357,9 +357,10 @@ def test_the_direct_path_decodes_compressed_bodies(encoding: str) -> None:
         (ok(gzip.compress(b"[" + b" " * 4096 + b"]"), extra=b"Content-Encoding: gzip\r\n"), "larger than 1024 bytes"),
         (ok(b"x" * 2048), "larger than 1024 bytes"),
         (ok(b"not gzip", extra=b"Content-Encoding: gzip\r\n"), "gzip body that does not decode"),
+        (ok(gzip.compress(b"[1, 2, 3]")[:-8], extra=b"Content-Encoding: gzip\r\n"), "gzip body cut short"),
         (ok(b"[]", extra=b"Content-Encoding: br\r\n"), "encoding that was not asked for: br"),
     ],
-    ids=["unpacks-past-the-cap", "past-the-cap", "corrupt-gzip", "unasked-encoding"],
+    ids=["unpacks-past-the-cap", "past-the-cap", "corrupt-gzip", "truncated-gzip", "unasked-encoding"],
 )
 def test_the_direct_path_refuses_bodies_it_cannot_take(monkeypatch: pytest.MonkeyPatch, answer: bytes, message: str) -> None:
     monkeypatch.setattr(cloudflare, "MAX_BODY_BYTES", 1024)
