@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select, update
 
+from archiver import migrate
 from archiver.cloudflare import RequestStats
 from archiver.config import Credentials
 from archiver.emulator import Emulator
 from archiver.records import parse_session
-from archiver.store import rejects_table, runs_table, sessions_table, versions_table
-from archiver.sync import CycleOptions, run_cycle
+from archiver.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
+from archiver.sync import CycleOptions, DatabaseError, run_cycle
 from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
+from tests.soak import sqlite_locked
 
 
 @pytest.fixture
@@ -376,3 +379,24 @@ def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.Temp
 
     assert essence(straight) == essence(interrupted)
     assert [r["outcome"] for r in ledger(interrupted)] == ["aborted", "ok"]
+
+
+def test_a_ledger_row_that_cannot_be_written_fails_the_cycle_and_drops_its_first_page(
+    tmp_path: Path, emulator: Emulator, server: Any
+) -> None:
+    path = tmp_path / "archive.db"
+    engine = make_engine(f"sqlite:///{path}?timeout=0.2")
+    migrate.upgrade(engine)
+
+    async def go() -> None:
+        async with client_for(server, emulator) as client:
+            with pytest.raises(DatabaseError, match="cannot open a ledger row"):
+                await run_cycle(client.account(emulator.account_ids[0], RequestStats()), engine, CycleOptions())
+            # nothing of the cycle is left running: the page asked for ahead was dropped
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    with sqlite_locked(path):
+        asyncio.run(go())
+    assert ledger(engine) == [] and archived(engine) == {}
+    assert cycle(server, emulator, engine).outcome == "ok"  # and the next one goes on
+    engine.dispose()
