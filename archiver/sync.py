@@ -110,6 +110,24 @@ async def run_cycle(
     return await _Cycle(api, engine, options, clock, fence).run()
 
 
+@dataclass
+class _Writes:
+    """What one write of a listing changes: whole rows and versions (changed, new, vanished
+    sessions), the ids of unchanged ones, the new digests of unchanged ones, and rejects."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    rehashed: dict[str, str] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, step: lifecycle.Transition) -> None:
+        if step.row is not None:
+            self.rows.append(step.row)
+        if step.version is not None:
+            self.versions.append(step.version)
+
+
 class _Cycle:
     def __init__(
         self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None
@@ -255,63 +273,76 @@ class _Cycle:
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
-            # Most listed sessions are as they were: those whose object has the digest stored with
-            # them are told apart without parsing, on one narrow read.
-            stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
-            unchanged, parsed, rejects = self._sort_listed(hashed, stored_hashes, seen_at)
-            self.counts["listed"] += len(unchanged) + len(parsed)
-            # The rest are parsed and compared on a few columns (those stored at all: every stored
-            # session has an entry in stored_hashes); whole rows are read only for the sessions
-            # that did change.
-            states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed if r.session_id in stored_hashes])
-            rehashed: dict[str, str] = {}
-            moved: list[tuple[SessionRecord, str | None]] = []
-            for record, digest in parsed:
-                state = states.get(record.session_id)
-                if state is None or not lifecycle.listed_unchanged(state, record):
-                    moved.append((record, digest))
-                elif digest is not None and not record.problems:
-                    rehashed[record.session_id] = digest
-                else:
-                    unchanged.append(record.session_id)
-            self.counts["unchanged"] += len(unchanged) + len(rehashed)
-            known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
-            rows, versions = [], []
-            for record, digest in moved:
-                step = lifecycle.observe_listed(
-                    known.get(record.session_id),
-                    record,
-                    account_id=self.account_id,
-                    seen_at=seen_at,
-                    run_id=self.run_id,
-                    policy=self.options.detail_policy,
-                    content_hash=digest,
-                )
-                self.counts[step.kind] += 1
-                if step.row is not None:
-                    rows.append(step.row)
-                if step.version is not None:
-                    versions.append(step.version)
-            store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
-            store.touch_seen(conn, self.account_id, unchanged, seen_at, self.run_id)
-            store.touch_seen_rehashed(conn, self.account_id, rehashed, seen_at, self.run_id)
-            store.insert_rows(conn, store.versions_table, versions)
-            store.insert_rows(conn, store.rejects_table, rejects)
+            writes = self._diff_listed(conn, hashed, seen_at)
+            if ended is not None:
+                self._end_listing(conn, ended, writes)
+            # One statement per kind of write, the vanish pass's rows and versions included.
+            store.upsert(conn, store.sessions_table, writes.rows, store.SESSION_KEY)
+            store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.run_id)
+            store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.run_id)
+            store.insert_rows(conn, store.versions_table, writes.versions)
+            store.insert_rows(conn, store.rejects_table, writes.rejects)
             if ended is None:
                 return []
-            self.listing_complete = ended.complete and not self.counts["unidentified"]
-            if ended.problem:
-                self.errors.append(f"listing incomplete: {ended.problem}")
-            elif ended.complete and self.counts["unidentified"]:
-                self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
-            if self.listing_complete:
-                self._mark_vanished(conn)
             due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
             nothing_owed = not due and self.options.detail_budget > 0
             if nothing_owed:
                 store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
         self.closed = nothing_owed
         return due
+
+    def _diff_listed(self, conn: Connection, hashed: Sequence[tuple[Any, str | None, str | None]], seen_at: datetime) -> _Writes:
+        """What listed objects change in the archive (nothing written yet)."""
+        # Most listed sessions are as they were: those whose object has the digest stored with
+        # them are told apart without parsing, on one narrow read.
+        stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
+        unchanged, parsed, rejects = self._sort_listed(hashed, stored_hashes, seen_at)
+        self.counts["listed"] += len(unchanged) + len(parsed)
+        # The rest are parsed and compared on a few columns (those stored at all: every stored
+        # session has an entry in stored_hashes); whole rows are read only for the sessions
+        # that did change.
+        states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed if r.session_id in stored_hashes])
+        writes = _Writes(unchanged=unchanged, rejects=rejects)
+        moved: list[tuple[SessionRecord, str | None]] = []
+        for record, digest in parsed:
+            state = states.get(record.session_id)
+            if state is None or not lifecycle.listed_unchanged(state, record):
+                moved.append((record, digest))
+            elif digest is not None and not record.problems:
+                writes.rehashed[record.session_id] = digest
+            else:
+                unchanged.append(record.session_id)
+        self.counts["unchanged"] += len(unchanged) + len(writes.rehashed)
+        known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
+        for record, digest in moved:
+            step = lifecycle.observe_listed(
+                known.get(record.session_id),
+                record,
+                account_id=self.account_id,
+                seen_at=seen_at,
+                run_id=self.run_id,
+                policy=self.options.detail_policy,
+                content_hash=digest,
+            )
+            self.counts[step.kind] += 1
+            writes.add(step)
+        return writes
+
+    def _end_listing(self, conn: Connection, ended: Listing, writes: _Writes) -> None:
+        """Whether the listing was complete; if it was, its active sessions that it no longer holds
+        are vanished (read before this write's upsert: every session it touches was listed)."""
+        self.listing_complete = ended.complete and not self.counts["unidentified"]
+        if ended.problem:
+            self.errors.append(f"listing incomplete: {ended.problem}")
+        elif ended.complete and self.counts["unidentified"]:
+            self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
+        if not self.listing_complete:
+            return
+        at = self.clock()
+        absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
+        for row in store.load_sessions(conn, self.account_id, absent).values():
+            writes.add(lifecycle.observe_vanished(row, at=at, run_id=self.run_id))
+            self.counts["vanished"] += 1
 
     def _sort_listed(
         self,
@@ -347,16 +378,6 @@ class _Cycle:
                 rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
             parsed.append((record, digest))
         return unchanged, parsed, rejects
-
-    def _mark_vanished(self, conn: Connection) -> None:
-        """Only after a complete listing: its active sessions that it no longer holds are vanished."""
-        at = self.clock()
-        absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
-        known = store.load_sessions(conn, self.account_id, absent)
-        steps = [lifecycle.observe_vanished(row, at=at, run_id=self.run_id) for row in known.values()]
-        store.upsert(conn, store.sessions_table, [s.row for s in steps if s.row], store.SESSION_KEY)
-        store.insert_rows(conn, store.versions_table, [s.version for s in steps if s.version])
-        self.counts["vanished"] += len(steps)
 
     # -- details ------------------------------------------------------------------------------
 
