@@ -21,7 +21,7 @@ from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, FatalError, RetriableError
 from archiver.ratelimit import RateLimiter, TokenBucket
 from archiver.records import UUID_PATTERN, redact_text
-from archiver.transport import Answer, BodyTooLarge, StreamTransport
+from archiver.transport import Answer, BodyTooLarge, StreamTransport, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class CloudflareClient:
         # bytes: a request line and a header block fixed here, the client's own headers included.
         url = self._http.base_url
         self._stream = transport if isinstance(transport, StreamTransport) else None
-        self._origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        self._origin = origin_of(url)
         self._base_path = url.raw_path.rstrip(b"/")
         self._raw_headers = [
             (b"Host", url.netloc),

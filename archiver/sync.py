@@ -112,8 +112,9 @@ async def run_cycle(
 
 @dataclass
 class _Writes:
-    """What one write of a listing changes: whole rows and versions (changed, new, vanished
-    sessions), the ids of unchanged ones, the new digests of unchanged ones, and rejects."""
+    """What one write of a cycle changes: whole rows and versions (of new, changed, vanished or
+    detailed sessions), rejects, and for a listing the ids of unchanged sessions and the new
+    digests of unchanged ones."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     versions: list[dict[str, Any]] = field(default_factory=list)
@@ -126,6 +127,12 @@ class _Writes:
             self.rows.append(step.row)
         if step.version is not None:
             self.versions.append(step.version)
+
+    def store_rows(self, conn: Connection) -> None:
+        """Write the rows, versions and rejects: one statement per kind."""
+        store.upsert(conn, store.sessions_table, self.rows, store.SESSION_KEY)
+        store.insert_rows(conn, store.versions_table, self.versions)
+        store.insert_rows(conn, store.rejects_table, self.rejects)
 
 
 class _Cycle:
@@ -276,12 +283,9 @@ class _Cycle:
             writes = self._diff_listed(conn, hashed, seen_at)
             if ended is not None:
                 self._end_listing(conn, ended, writes)
-            # One statement per kind of write, the vanish pass's rows and versions included.
-            store.upsert(conn, store.sessions_table, writes.rows, store.SESSION_KEY)
+            writes.store_rows(conn)  # the vanish pass's rows and versions included
             store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.run_id)
             store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.run_id)
-            store.insert_rows(conn, store.versions_table, writes.versions)
-            store.insert_rows(conn, store.rejects_table, writes.rejects)
             if ended is None:
                 return []
             due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
@@ -430,7 +434,7 @@ class _Cycle:
         With ``owed_before`` (how many earlier batches left owed, when no owed session was left
         out of the cycle), this is the cycle's last write, and it closes the ledger row too."""
         at = self.clock()
-        rows, versions, rejects = [], [], []
+        writes = _Writes()
         still_owed = 0
         for known, body, error in batch:
             if error is not None:
@@ -438,21 +442,16 @@ class _Cycle:
                 self._note_detail_error(error)
                 still_owed += 1
                 continue
-            step = self._detail_step(known, body, at, rejects)
+            step = self._detail_step(known, body, at, writes.rejects)
             self.counts[{"gone": "details_gone", "missing": "details_gone"}.get(step.kind, "details_fetched")] += 1
             still_owed += int((step.row or known)["detail_due"] is not None)
-            if step.row is not None:
-                rows.append(step.row)
-            if step.version is not None:
-                versions.append(step.version)
+            writes.add(step)
         closing = owed_before is not None
         if closing:
             self.counts["details_carried"] = owed_before + still_owed
-        if rows or versions or rejects or closing:
+        if writes.rows or writes.versions or writes.rejects or closing:
             with self._transaction() as conn:
-                store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
-                store.insert_rows(conn, store.versions_table, versions)
-                store.insert_rows(conn, store.rejects_table, rejects)
+                writes.store_rows(conn)
                 if closing:
                     store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
             self.closed = closing

@@ -31,6 +31,11 @@ Headers = list[tuple[bytes, bytes]]
 Timeouts = Mapping[str, float | None]
 
 
+def origin_of(url: httpx.URL) -> Origin:
+    """The (scheme, host, port) a URL's connections go to, the default port filled in."""
+    return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
 class Answer(NamedTuple):
     """A whole response, as ``StreamTransport.fetch`` reads it."""
 
@@ -57,7 +62,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
         url = request.url
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        origin = origin_of(url)
         content = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
         connection = await self._checkout(origin, timeouts, request)
         try:
