@@ -164,6 +164,25 @@ def test_touch_seen_moves_only_the_given_sessions(engine: Engine) -> None:
     assert loaded[sid(2)]["last_run_id"] == 7
 
 
+def _open_sqlite_temp_files() -> list[str]:
+    # SQLite names its temporary files etilqs_* and unlinks them as soon as they are open.
+    fds = Path("/proc/self/fd")
+    return [target for target in (os.readlink(fd) for fd in fds.iterdir() if fd.exists()) if "etilqs_" in target]
+
+
+def test_touching_a_listing_of_wide_rows_writes_no_temporary_file(engine: Engine) -> None:
+    # A statement journal for moving last_seen_at on a listing's rows would spill past 64 KiB to a
+    # temporary file: its creation, writes and unlink every cycle.
+    wide = {"sessionId": "x", "padding": "p" * 900}
+    with engine.begin() as conn:
+        store.upsert(conn, store.sessions_table, [session_row(sid(n), raw=wide) for n in range(300)], store.SESSION_KEY)
+    with engine.begin() as conn:
+        store.touch_seen(conn, ACCOUNT, [sid(n) for n in range(300)], T0 + timedelta(seconds=30), 7)
+        assert _open_sqlite_temp_files() == []
+    with engine.connect() as conn:
+        assert {row["last_run_id"] for row in store.load_sessions(conn, ACCOUNT, [sid(n) for n in range(300)]).values()} == {7}
+
+
 def test_hashes_are_read_and_set_with_the_sighting(any_engine: Engine) -> None:
     rows = [session_row(sid(0), content_hash="a" * 32), session_row(sid(1)), session_row(sid(2), content_hash="c" * 32)]
     with any_engine.begin() as conn:
