@@ -227,7 +227,8 @@ def count_due_for_detail(conn: Connection, account_id: str) -> int:
 
 
 def touch_seen(conn: Connection, account_id: str, session_ids: Sequence[str], seen_at: datetime, run_id: int) -> None:
-    """Record that unchanged sessions were in a listing."""
+    """Record that unchanged sessions were in a listing. A failure may leave some of them moved
+    (an earlier batch, or on SQLite part of a statement): the caller rolls the transaction back."""
     for batch in chunks(session_ids):
         conn.execute(_TOUCH_SEEN, {"account": account_id, "ids": batch, "seen_at": seen_at, "run_id": run_id})
 
