@@ -374,7 +374,7 @@ async def _read_capped(response: httpx.Response) -> bytes:
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
+            raise BodyTooLarge(MAX_BODY_BYTES)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -439,7 +439,7 @@ def _decompressed(body: bytes, encoding: bytes) -> bytes:
     except zlib.error as exc:
         raise UpstreamError(f"{encoding.decode()} body that does not decode: {exc}") from exc
     if len(data) > MAX_BODY_BYTES:
-        raise UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
+        raise BodyTooLarge(MAX_BODY_BYTES)
     if not decoder.eof:
         raise UpstreamError(f"{encoding.decode()} body cut short")
     return data

@@ -315,8 +315,8 @@ class _Cycle:
             elif digest is not None and not record.problems:
                 writes.rehashed[record.session_id] = digest
             else:
-                unchanged.append(record.session_id)
-        self.counts["unchanged"] += len(unchanged) + len(writes.rehashed)
+                writes.unchanged.append(record.session_id)
+        self.counts["unchanged"] += len(writes.unchanged) + len(writes.rehashed)
         known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
         for record, digest in moved:
             step = lifecycle.observe_listed(

@@ -46,7 +46,10 @@ class Answer(NamedTuple):
 
 
 class BodyTooLarge(Exception):
-    """A body outgrew what the caller reads at most; its connection was dropped."""
+    """A body outgrew what the caller reads at most (its connection is dropped)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response body larger than {limit} bytes")
 
 
 class StreamTransport(httpx.AsyncBaseTransport):
@@ -191,7 +194,7 @@ class _Connection:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > max_bytes:
-                    raise BodyTooLarge(f"response body larger than {max_bytes} bytes")
+                    raise BodyTooLarge(max_bytes)
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
