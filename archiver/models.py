@@ -200,6 +200,11 @@ class SyncRun(Base):
     retries: Mapped[int] = mapped_column(default=0)
     throttled: Mapped[int] = mapped_column(default=0)
     waited_seconds: Mapped[float] = mapped_column(default=0.0)
+    # Seconds every request of the cycle was held back by Cloudflare's 429s (part of waited_seconds).
+    throttled_seconds: Mapped[float] = mapped_column(default=0.0)
+    # Whether details of new and changed sessions were fetched ("details") or the listing was
+    # trusted ("listing"); see ARCHIVER_DETAIL_POLICY.
+    detail_mode: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

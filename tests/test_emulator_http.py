@@ -80,7 +80,7 @@ def test_lifecycle_close_reason_and_retention(emu: Emulator, http: httpx.Client)
     emu.clock.advance(1)
     world.close(sid, reason="BrowserIdle")
     closed = http.get(f"{sessions_path(emu)}/{sid}").json()
-    assert (closed["closeReason"], closed["closeReasonText"]) == ("BrowserIdle", "Browser was idle for too long")
+    assert (closed["closeReason"], closed["closeReasonText"]) == ("BrowserIdle", "Browser idle")
     assert closed["endTime"] == closed["connectionEndTime"] == closed["lastUpdated"]
     assert sid not in {s["sessionId"] for s in http.get(sessions_path(emu)).json()}
     emu.clock.advance(61)
@@ -98,7 +98,7 @@ def test_numeric_close_reasons(http: httpx.Client) -> None:
     world.close(sid, reason="NormalClosure")
     with emu.serve(port=0) as server:
         body = httpx.get(f"{server.base_url}{sessions_path(emu)}/{sid}", headers={"Authorization": f"Bearer {emu.token}"}).json()
-    assert body["closeReason"] == 1000
+    assert body["closeReason"] == 1
 
 
 def test_the_world_moves_with_the_clock_and_a_seed_repeats_it() -> None:
@@ -358,3 +358,13 @@ def test_many_connections_at_once_are_all_accepted_promptly() -> None:
             sock.close()
     assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
     assert slowest < 0.9
+
+
+def test_an_eviction_closes_every_open_session_with_its_reason() -> None:
+    emu = Emulator(accounts=1, initial_sessions=6, seed=5, speed=0.0, spawn_per_minute=0, mean_lifetime_s=1e6)
+    world = emu.world(emu.account_ids[0])
+    evicted = world.evict()
+    assert len(evicted) == 6 and world.listing() == []
+    closed = {t["sessionId"]: t for t in emu.truth()}
+    assert {closed[sid]["closeReason"] for sid in evicted} == {"SessionEvicted"}
+    assert {closed[sid]["closeReasonText"] for sid in evicted} == {"Session evicted"}

@@ -16,13 +16,18 @@ from typing import Any
 from archiver.emulator.clock import Clock
 
 # (string form, numeric code, human text): the older spec sends the string, newer SDKs the code.
-CLOSE_REASONS: tuple[tuple[str, int, str], ...] = (
-    ("NormalClosure", 1000, "Session closed normally"),
-    ("BrowserIdle", 1001, "Browser was idle for too long"),
-    ("ClientDisconnected", 1006, "The DevTools client went away"),
-    ("Timeout", 4000, "Session reached its maximum duration"),
+# Cloudflare documents the codes 1 (NormalClosure) and 2 (BrowserIdle) only; a reason without a
+# documented code (None) is sent as its string whatever the style.
+CloseReason = tuple[str, int | None, str]
+CLOSE_REASONS: tuple[CloseReason, ...] = (
+    ("NormalClosure", 1, "Normal closure"),
+    ("BrowserIdle", 2, "Browser idle"),
+    ("ConnectionError", None, "Connection error"),
+    ("ChromiumCrashed", None, "Chromium crashed"),
+    ("SessionEvicted", None, "Session evicted"),
 )
-REASON_WEIGHTS = (60, 25, 10, 5)
+# Evictions come from World.evict (infrastructure maintenance closes every session at once).
+REASON_WEIGHTS = (60, 30, 6, 4, 0)
 NEVER = float("inf")
 
 
@@ -36,7 +41,7 @@ class SimSession:
     connection_start_ms: float | None = None
     connection_end_ms: float | None = None
     end_ms: float | None = None
-    reason: tuple[str, int, str] | None = None
+    reason: CloseReason | None = None
     last_updated_ms: float = 0.0
     forgotten_ms: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +51,8 @@ class SimSession:
         ws = f"live.browser.run/api/devtools/browser/{self.session_id}?jwt={self.secret}"
         reason = None
         if self.reason is not None:
-            reason = self.reason[1] if self.numeric_reason else self.reason[0]
+            code = self.reason[1]
+            reason = code if self.numeric_reason and code is not None else self.reason[0]
         return {
             "sessionId": self.session_id,
             "startTime": self.start_ms,
@@ -175,6 +181,16 @@ class World:
             chosen = next((r for r in CLOSE_REASONS if r[0] == reason), None) if reason else None
             self._close(self.sessions[session_id], self._now, chosen)
 
+    def evict(self) -> list[str]:
+        """Close every active session now as evicted (infrastructure maintenance); return their ids."""
+        with self.lock:
+            self.advance()
+            evicted = list(self.active)
+            reason = next(r for r in CLOSE_REASONS if r[0] == "SessionEvicted")
+            for session_id in evicted:
+                self._close(self.sessions[session_id], self._now, reason)
+            return evicted
+
     def forget(self, session_id: str) -> None:
         """Make a session answer 404 from now on."""
         with self.lock:
@@ -266,7 +282,7 @@ class World:
         session.connection_end_ms = at
         self._touch(session, at)
 
-    def _close(self, session: SimSession, at: float, reason: tuple[str, int, str] | None) -> None:
+    def _close(self, session: SimSession, at: float, reason: CloseReason | None) -> None:
         if session.end_ms is not None:
             return
         if session.connection_start_ms is not None and session.connection_end_ms is None:
