@@ -116,6 +116,30 @@ def active_count(emulator: Emulator, account_id: str) -> int:
     return len(emulator.world(account_id).active)
 
 
+def burst(emulator: Emulator, count: int, lifetime_s: float, within_s: float) -> None:
+    """Start ``count`` short-lived sessions in every account (see World.burst)."""
+    for account_id in emulator.account_ids:
+        emulator.world(account_id).burst(count, lifetime_s, within_s)
+
+
+def evict(emulator: Emulator) -> int:
+    """Close every open session of every account at once; return how many."""
+    return sum(len(emulator.world(account_id).evict()) for account_id in emulator.account_ids)
+
+
+def set_spawn_rate(emulator: Emulator, per_minute: float) -> None:
+    for account_id in emulator.account_ids:
+        world = emulator.world(account_id)
+        with world.lock:
+            world.advance()
+            world.spawn_per_minute = per_minute
+            world.reschedule_spawn()
+
+
+def request_log(emulator: Emulator) -> list[tuple[float, str, int]]:
+    return [(r.at_ms, r.endpoint, r.status) for r in emulator.request_log or []]
+
+
 COMMANDS = {
     "churn": churn,
     "populate": populate,
@@ -126,6 +150,10 @@ COMMANDS = {
     "set_faults": lambda emulator, **values: emulator.set_faults(**values).to_json(),
     "advance": lambda emulator, seconds: emulator.clock.advance(seconds),
     "now_ms": lambda emulator: emulator.clock.now_ms(),
+    "burst": burst,
+    "evict": evict,
+    "set_spawn_rate": set_spawn_rate,
+    "request_log": request_log,
 }
 
 

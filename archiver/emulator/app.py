@@ -53,6 +53,16 @@ class ServedPage:
         return self.fault in (None, "bad_id")
 
 
+@dataclass(frozen=True)
+class ServedRequest:
+    """One API request as the emulator answered it: when (simulated ms), which endpoint (list or
+    get), and the status (0: the connection was dropped without an answer)."""
+
+    at_ms: float
+    endpoint: str
+    status: int
+
+
 class Emulator:
     """A Cloudflare-compatible fake of the DevTools session endpoints, with its ground truth."""
 
@@ -72,6 +82,9 @@ class Emulator:
         faults: Faults | None = None,
         start_ms: float | None = None,
         keep_served_pages: bool = False,
+        keep_request_log: bool = False,
+        median_lifetime_s: float | None = None,
+        lifetime_sigma: float = 1.0,
     ) -> None:
         rng = random.Random(seed)
         if isinstance(accounts, int):
@@ -91,6 +104,8 @@ class Emulator:
                 mean_lifetime_s=mean_lifetime_s,
                 retention_s=retention_s,
                 close_reason_style=close_reason_style,
+                median_lifetime_s=median_lifetime_s,
+                lifetime_sigma=lifetime_sigma,
             )
             for account in self.account_ids
         }
@@ -101,6 +116,8 @@ class Emulator:
         # Every listing page served, for tests that check what a client was shown (off by
         # default: a long-running emulator would grow it without end).
         self.served_pages: list[ServedPage] | None = [] if keep_served_pages else None
+        # Every API request, on the simulated clock (off by default, for the same reason).
+        self.request_log: list[ServedRequest] | None = [] if keep_request_log else None
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -177,7 +194,11 @@ class Emulator:
         reply = self._api(endpoint, list_match or get_match, query, headers)  # type: ignore[arg-type]
         if self.faults.latency_ms:
             reply.delay_s += self.faults.latency_ms / 1000
-        self._count(f"status:{reply.status if reply.body is not None else 'reset'}")
+        status = reply.status if reply.body is not None else 0
+        self._count(f"status:{status or 'reset'}")
+        if self.request_log is not None:
+            with self._counter_lock:
+                self.request_log.append(ServedRequest(self.clock.now_ms(), endpoint, status))
         return reply
 
     def _api(self, endpoint: str, match: Any, query: dict[str, list[str]], headers: dict[str, str]) -> Reply:
@@ -186,7 +207,8 @@ class Emulator:
             return error_reply(401)
         faults = self.faults
         if faults.enforce_rate_limit:
-            wait = self._rate.check(credential, faults.rate_limit_requests, faults.rate_limit_window_s)
+            now_s = self.clock.now_ms() / 1000
+            wait = self._rate.check(credential, faults.rate_limit_requests, faults.rate_limit_window_s, now_s)
             if wait is not None:
                 return self._served(endpoint, match, query, 429, error_reply(429, headers={"Retry-After": str(max(1, round(wait)))}))
         injection = self._plan.next_injection(endpoint)
@@ -223,9 +245,12 @@ class Emulator:
             for _ in range(faults.drift_closes):
                 world.close_one_before(offset)  # a session on an earlier page ends between two requests
             offset = max(0, offset - faults.drift_repeats)
-        if not (faults.odd_fields_rate or faults.envelope or spoil_id or self.served_pages is not None):
+        if not (faults.odd_fields_rate or faults.envelope or spoil_id or faults.listing_omits or self.served_pages is not None):
             return Reply(200, world.page_json(offset, limit))  # the common case: pre-encoded pages
         items = world.listing()[offset : offset + limit]
+        if faults.listing_omits:
+            # A listing that carries less than the details do: what the auto detail policy learns.
+            items = [{k: v for k, v in i.items() if k not in faults.listing_omits} for i in items]
         if faults.odd_fields_rate:
             items = [self._plan.odd_item(i) if self._plan.draw(faults.odd_fields_rate) else i for i in items]
         if spoil_id and items:

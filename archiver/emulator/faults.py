@@ -57,7 +57,9 @@ class Faults:
     drift_repeats: int = 0
     enforce_rate_limit: bool = False
     rate_limit_requests: int = 1200
-    rate_limit_window_s: float = 300.0
+    rate_limit_window_s: float = 300.0  # on the emulator's simulated clock
+    # Fields the listing leaves out of every item (details still carry them).
+    listing_omits: tuple[str, ...] = ()
 
     @classmethod
     def chaos(cls, share: float, **overrides: Any) -> Faults:
@@ -85,6 +87,7 @@ class Faults:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["error_statuses"] = list(self.error_statuses)
+        data["listing_omits"] = list(self.listing_omits)
         return data
 
     def updated(self, values: dict[str, Any]) -> Faults:
@@ -95,6 +98,7 @@ class Faults:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
         data = {**asdict(self), **values}
         data["error_statuses"] = tuple(data["error_statuses"])
+        data["listing_omits"] = tuple(data["listing_omits"])
         return Faults(**data)
 
 

@@ -59,9 +59,9 @@ class RateWindow:
         self.blocked_until: dict[str, float] = {}
         self.lock = threading.Lock()
 
-    def check(self, credential: str, limit: int, window_s: float) -> float | None:
-        """None if allowed, else the seconds until the block lifts."""
-        now = time.monotonic()
+    def check(self, credential: str, limit: int, window_s: float, now: float) -> float | None:
+        """None if allowed, else the seconds until the block lifts. ``now`` is in seconds on the
+        emulator's simulated clock, so that an accelerated world blocks for a simulated window."""
         with self.lock:
             until = self.blocked_until.get(credential, 0.0)
             if now < until:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
 import random
 import secrets
 import threading
@@ -82,7 +83,12 @@ class World:
         mean_lifetime_s: float = 60.0,
         retention_s: float = 300.0,
         close_reason_style: str = "mixed",
+        median_lifetime_s: float | None = None,
+        lifetime_sigma: float = 1.0,
     ) -> None:
+        """Sessions arrive as a Poisson process (``spawn_per_minute``) and live an exponential
+        time of mean ``mean_lifetime_s``, or, with ``median_lifetime_s``, a log-normal time of that
+        median and shape ``lifetime_sigma`` (most short, a long tail, as real browser sessions)."""
         if close_reason_style not in ("string", "number", "mixed"):
             raise ValueError("close_reason_style must be string, number or mixed")
         self.account_id = account_id
@@ -92,23 +98,21 @@ class World:
         self.mean_lifetime_s = mean_lifetime_s
         self.retention_s = retention_s
         self.close_reason_style = close_reason_style
+        self.median_lifetime_s = median_lifetime_s
+        self.lifetime_sigma = lifetime_sigma
         self.lock = threading.RLock()
         self.sessions: dict[str, SimSession] = {}
         self.active: dict[str, SimSession] = {}
         self._snapshot: list[dict[str, Any]] | None = None
         self._encoded: list[bytes | None] = []  # the snapshot's items as JSON, encoded on demand
         self._events: list[tuple[float, int, str, str]] = []
+        self._planned: list[tuple[float, int, float]] = []  # sessions to start later: (start, seq, lifetime)
         self._sequence = itertools.count()
         now = clock.now_ms()
         self._now = now
         self._next_spawn = now + self._spawn_gap_ms()
-        # Sessions already open at start began within the last hour (at most); lifetimes are
-        # memoryless, so each one's remaining life is drawn afresh from now.
-        spread_ms = min(mean_lifetime_s, 3600.0) * 1000
-        starts = sorted(now - rng.uniform(0, spread_ms) for _ in range(initial_sessions))
-        for start in starts:
-            remaining_ms = rng.expovariate(1.0) * mean_lifetime_s * 1000
-            self._spawn(start, lifetime_ms=now - start + remaining_ms, connect=True, past=True)
+        for start, lifetime_ms in sorted(self._already_open(now) for _ in range(initial_sessions)):
+            self._spawn(start, lifetime_ms=lifetime_ms, connect=True, past=True)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -181,6 +185,16 @@ class World:
             chosen = next((r for r in CLOSE_REASONS if r[0] == reason), None) if reason else None
             self._close(self.sessions[session_id], self._now, chosen)
 
+    def burst(self, count: int, lifetime_s: float, within_s: float) -> None:
+        """Start ``count`` sessions at random moments of the next ``within_s`` seconds, each living
+        ``lifetime_s`` give or take a quarter (a batch job's browsers, say)."""
+        with self.lock:
+            self.advance()
+            for _ in range(count):
+                start = self._now + self.rng.uniform(0, within_s * 1000)
+                lifetime = lifetime_s * 1000 * self.rng.uniform(0.75, 1.25)
+                heapq.heappush(self._planned, (start, next(self._sequence), lifetime))
+
     def evict(self) -> list[str]:
         """Close every active session now as evicted (infrastructure maintenance); return their ids."""
         with self.lock:
@@ -217,16 +231,41 @@ class World:
             now = max(self._now, self.clock.now_ms())
             while True:
                 next_event = self._events[0][0] if self._events else NEVER
+                if self._planned and self._planned[0][0] <= min(now, next_event):
+                    at, _seq, lifetime = heapq.heappop(self._planned)
+                    self._spawn(at, lifetime_ms=lifetime, connect=True, past=False)
+                    continue
                 if self.spawn_per_minute > 0 and self._next_spawn <= min(now, next_event):
                     at = self._next_spawn
                     self._next_spawn += self._spawn_gap_ms()
-                    self._spawn(at, lifetime_ms=self.rng.expovariate(1.0) * self.mean_lifetime_s * 1000, connect=True, past=False)
+                    self._spawn(at, lifetime_ms=self._lifetime_ms(), connect=True, past=False)
                     continue
                 if next_event > now:
                     break
                 at, _seq, kind, session_id = heapq.heappop(self._events)
                 self._apply(kind, self.sessions[session_id], at)
             self._now = now
+
+    def reschedule_spawn(self) -> None:
+        """Draw the next arrival afresh, after ``spawn_per_minute`` changed."""
+        with self.lock:
+            self._next_spawn = self._now + self._spawn_gap_ms()
+
+    def _lifetime_ms(self) -> float:
+        if self.median_lifetime_s is not None:
+            return self.rng.lognormvariate(math.log(self.median_lifetime_s * 1000), self.lifetime_sigma)
+        return self.rng.expovariate(1.0) * self.mean_lifetime_s * 1000
+
+    def _already_open(self, now: float) -> tuple[float, float]:
+        """(start, lifetime) of a session open when the world begins."""
+        if self.median_lifetime_s is not None:
+            # A whole life drawn, and the moment of it we are at drawn within it.
+            lifetime = self._lifetime_ms()
+            return now - self.rng.uniform(0, lifetime), lifetime
+        # Began within the last hour (at most); lifetimes are memoryless, so the remaining life
+        # is drawn afresh from now.
+        start = now - self.rng.uniform(0, min(self.mean_lifetime_s, 3600.0) * 1000)
+        return start, now - start + self.rng.expovariate(1.0) * self.mean_lifetime_s * 1000
 
     def _spawn_gap_ms(self) -> float:
         if self.spawn_per_minute <= 0:
