@@ -29,7 +29,7 @@ from archiver.reports import Result, Window, ledger, open_at, stats, story
 from archiver.reports import export as exporting
 from archiver.reports import window as windows
 from archiver.store import make_engine
-from archiver.sync import SKIPPED, CycleResult, sync_accounts
+from archiver.sync import SKIPPED, CycleResult
 
 
 @dataclass
@@ -84,6 +84,8 @@ def sync(app: App, auto_migrate: bool) -> int:
     engine = app.engine()
     _ensure_schema(engine, auto_migrate)
     _freeze_startup_objects()
+    from archiver.runner import sync_accounts
+
     results = asyncio.run(sync_accounts(settings, engine))
     for result in results:
         click.echo(_describe_cycle(result))
@@ -95,14 +97,14 @@ def sync(app: App, auto_migrate: bool) -> int:
 @pass_app
 def run(app: App, auto_migrate: bool) -> int:
     """Poll every account on a schedule until SIGTERM or SIGINT (a second one stops at once)."""
-    from archiver.service import Service
+    from archiver.runner import Runner
 
     settings = app.settings()
     settings.credentials(), settings.accounts()
     engine = app.engine()
     _ensure_schema(engine, auto_migrate)
     _freeze_startup_objects()
-    return asyncio.run(Service(settings, engine).run())
+    return asyncio.run(Runner(settings, engine).serve())
 
 
 @cli.group()
@@ -472,6 +474,7 @@ def _describe_cycle(result: CycleResult) -> str:
         f"new {c.get('new', 0)}, changed {c.get('changed', 0)}, vanished {c.get('vanished', 0)}, "
         f"details {c.get('details_fetched', 0)}, gone {c.get('details_gone', 0)}, "
         f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
+        + (f" (detail mode {result.detail_mode})" if result.detail_mode else "")
     )
     return f"{line}\n  error: {result.error}" if result.error else line
 

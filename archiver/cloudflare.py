@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -19,8 +20,8 @@ import httpx
 
 from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, FatalError, RetriableError
-from archiver.ratelimit import RateLimiter, TokenBucket
 from archiver.records import UUID_PATTERN, redact_text
+from archiver.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
 from archiver.transport import Answer, BodyTooLarge, StreamTransport, origin_of
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class RequestStats:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
-    waited_seconds: float = 0.0
+    waited_seconds: float = 0.0  # waiting for a turn in the request scheduler, and for backoffs
+    throttled_seconds: float = 0.0  # the part of it that a 429's hold-off caused
     by_status: dict[int, int] = field(default_factory=dict)
 
     def count(self, status: int) -> None:
@@ -120,6 +122,7 @@ class Listing:
             {"limit": self.page_size, "offset": offset},
             self.stats,
             expect=list,
+            priority=Priority.LIST,
         )
 
 
@@ -143,13 +146,20 @@ class AccountAPI:
         """A fresh pass over the account's active sessions."""
         return Listing(self.client, self.account_id, self.stats)
 
-    async def get_session(self, session_id: str) -> Any | None:
-        """One session's details, or None if Cloudflare no longer knows it (404 or null)."""
+    async def get_session(
+        self, session_id: str, *, priority: Priority = Priority.NEW, key: float = 0.0, deadline: Deadline | None = None
+    ) -> Any | None:
+        """One session's details, or None if Cloudflare no longer knows it (404 or null).
+
+        The request waits its turn in the token's scheduler by ``priority`` and ``key`` (see
+        :class:`RequestScheduler`); one not sent before ``deadline`` is given up (DeadlineReached).
+        """
         if not UUID_PATTERN.fullmatch(session_id):
             raise FatalError(f"invalid session id {session_id!r}")
         path = f"/accounts/{self.account_id}/browser-rendering/devtools/session/{session_id}"
         return await self.client.get_json(
-            path, None, self.stats, missing_ok=True, expect=dict, doubt=lambda data: _detail_doubt(data, session_id)
+            path, None, self.stats, missing_ok=True, expect=dict, doubt=lambda data: _detail_doubt(data, session_id),
+            priority=priority, key=key, deadline=deadline,
         )
 
 
@@ -166,18 +176,18 @@ class CloudflareClient:
         max_retries: int = 4,
         max_retry_wait: float = 60.0,
         max_connections: int = 16,
-        budget: TokenBucket | None = None,
+        scheduler: RequestScheduler | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.limiter = RateLimiter(rate_limit)
-        self.budget = budget
+        # Without a scheduler of the token's (shared, with the rate budget's window), the client
+        # keeps only to the peak rate. Either way requests wait for their turn and for a
+        # connection there, in priority order, rather than in the connection pool's queue (which
+        # httpcore rescans on every request it hands out).
+        self.scheduler = scheduler or RequestScheduler(peak_rate=rate_limit, max_in_flight=max_connections)
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self._random = random.Random()
         self._secrets = credentials.secrets()
-        # At most one request per connection in flight: the rest wait here, in O(1), rather than in
-        # the connection pool's queue, which httpcore rescans on every request it hands out.
-        self._in_flight = asyncio.Semaphore(max_connections)
         if transport is None and not _proxy_configured():
             transport = StreamTransport(ssl_context=httpx.create_ssl_context(), max_connections=max_connections)
         self._http = httpx.AsyncClient(
@@ -223,8 +233,15 @@ class CloudflareClient:
         missing_ok: bool = False,
         expect: type | None = None,
         doubt: Doubt | None = None,
+        priority: Priority = Priority.LIST,
+        key: float = 0.0,
+        deadline: Deadline | None = None,
     ) -> Any:
         """GET a path and decode its JSON body, retrying what may pass; None for a 404 if allowed.
+
+        Every attempt waits for its turn in the request scheduler (``priority``, ``key``: see
+        :meth:`RequestScheduler.acquire`); a first attempt not granted before ``deadline`` is not
+        sent (DeadlineReached).
 
         ``expect`` is the JSON type a 200 must have (or null, if ``missing_ok``); anything else
         counts as a garbled answer, retried like truncated JSON. ``doubt`` names what is odd about
@@ -233,12 +250,16 @@ class CloudflareClient:
         """
         attempt = 0
         while True:
-            if self.budget is not None:
-                stats.waited_seconds += await self.budget.acquire()
-            stats.waited_seconds += await self.limiter.acquire()
+            # The deadline holds for the first attempt only: a request that was sent is retried
+            # however late, or a slow or flaky API would see every request given up half-way.
+            grant = await self.scheduler.acquire(priority, key, deadline if attempt == 0 else None)
+            stats.waited_seconds += grant.waited
+            stats.throttled_seconds += grant.throttled
             try:
-                async with self._in_flight:
+                try:
                     return await self._get_once(path, params, stats, missing_ok, expect, doubt)
+                finally:
+                    self.scheduler.release()
             except UpstreamError as exc:
                 if attempt >= self.max_retries:
                     if isinstance(exc, DoubtfulAnswer):
@@ -250,7 +271,7 @@ class CloudflareClient:
                 log.debug("retrying %s in %.2fs: %s", path, delay, exc)
                 if isinstance(exc, ThrottledError):
                     # A 429 blocks the whole token: hold back every caller, not just this one.
-                    self.limiter.hold_off(delay)
+                    self.scheduler.hold_off(delay)
                 else:
                     await asyncio.sleep(delay)
                     stats.waited_seconds += delay
@@ -455,16 +476,36 @@ def _retry_after(answer: Answer) -> float | None:
 
 
 def client_from_settings(settings: Settings, **overrides: Any) -> CloudflareClient:
-    """A client configured from the archiver's settings."""
+    """A client configured from the archiver's settings, with its token's request scheduler."""
     options: dict[str, Any] = {
         "rate_limit": settings.rate_limit,
         "timeout": settings.http_timeout_seconds,
         "max_retries": settings.max_retries,
         "max_retry_wait": settings.max_retry_wait_seconds,
-        "max_connections": max(settings.detail_concurrency, 4),
+        "max_connections": connections_for(settings),
+        "scheduler": scheduler_for(settings),
     }
     options.update(overrides)
     return CloudflareClient(settings.base_url, settings.credentials(), **options)
+
+
+def scheduler_for(settings: Settings) -> RequestScheduler:
+    """The request scheduler of the settings' token, shared by everything in this process that
+    uses the token against the same API."""
+    credentials = settings.credentials()
+    fingerprint = hashlib.sha256(repr(sorted(credentials.headers().items())).encode()).hexdigest()
+    return shared_scheduler(
+        (settings.base_url, fingerprint),
+        lambda: RequestScheduler(
+            peak_rate=settings.rate_limit, limit=settings.budget_requests, window=settings.upstream_limit_window_seconds,
+            max_in_flight=connections_for(settings),
+        ),
+    )
+
+
+def connections_for(settings: Settings) -> int:
+    """Requests in flight at once: the detail concurrency, and room for a listing beside it."""
+    return max(settings.detail_concurrency, 4)
 
 
 def _json_name(value: Any) -> str:

@@ -8,6 +8,7 @@ lower case without its ``CLOUDFLARE_`` or ``ARCHIVER_`` prefix (``ARCHIVER_DATAB
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -93,7 +94,7 @@ class Settings(BaseModel):
     # Cloudflare's documented per-token limit, which rate_budget is a share of.
     upstream_limit_requests: int = Field(1200, gt=0)
     upstream_limit_window_seconds: float = Field(300.0, gt=0)
-    detail_policy: Literal["changed", "vanished"] = "changed"
+    detail_policy: Literal["auto", "changed", "vanished"] = "auto"
     detail_budget: int = Field(100, ge=0)
     detail_concurrency: int = Field(4, ge=1, le=64)
     rate_limit: float = Field(3.0, gt=0)
@@ -171,9 +172,9 @@ class Settings(BaseModel):
         return min(floor, self.interval_seconds)
 
     @property
-    def budget_rate(self) -> float:
-        """Average requests per second per token that the rate budget allows."""
-        return self.upstream_limit_requests / self.upstream_limit_window_seconds * self.rate_budget
+    def budget_requests(self) -> int:
+        """Requests per token that the rate budget allows in any upstream window."""
+        return max(1, math.floor(self.upstream_limit_requests * self.rate_budget))
 
     def secret_values(self) -> list[str]:
         """Every secret in these settings, for log redaction."""

@@ -14,7 +14,8 @@ from archiver import migrate, reports
 from archiver.config import settings_from
 from archiver.emulator import Emulator
 from archiver.store import make_engine, sessions_table
-from archiver.sync import CycleResult, sync_accounts
+from archiver.runner import sync_accounts
+from archiver.sync import CycleResult
 
 # The emulator's clock runs this much faster than real time, so sessions live and die within
 # seconds of wall time while keeping realistic simulated lifetimes.

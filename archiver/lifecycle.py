@@ -25,6 +25,8 @@ from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, mer
 MAX_DETAIL_ATTEMPTS = 3
 # What a closed session's details should tell; while one is missing the detail is asked again.
 CLOSING_FIELDS = ("end_time", "close_reason", "close_reason_text")
+# Detail reasons about a session's final state: a 404 or null for one is asked again a few times.
+FINAL_STATE_DUES = ("vanished", "closing")
 Row = dict[str, Any]
 
 
@@ -42,10 +44,14 @@ def observe_listed(
     account_id: str,
     seen_at: datetime,
     run_id: int,
-    policy: str,
+    detail_wanted: bool,
     content_hash: str | None = None,
 ) -> Transition:
-    """A session was in a listing; ``content_hash`` is the listed object's listing_hash."""
+    """A session was in a listing; ``content_hash`` is the listed object's listing_hash.
+
+    ``detail_wanted``: whether a new or changed session is owed a detail (the detail mode's
+    choice). A session the listing shows closed without its reason is owed one whatever the mode.
+    """
     merged = merge_state(known, record)
     # The new state reflects this object: its digest vouches for it, unless a field of it had to
     # be set aside (such an object is parsed, and its problems noted, every time it is listed).
@@ -61,7 +67,7 @@ def observe_listed(
             "last_detail_at": None,
             "vanished_at": None,
             "gone_at": None,
-            "detail_due": "new" if policy == "changed" else None,
+            "detail_due": most_urgent("new" if detail_wanted else None, _closing_due(status, merged)),
             "detail_attempts": 0,
             "last_run_id": run_id,
             **merged,
@@ -76,8 +82,10 @@ def observe_listed(
     due = known["detail_due"]
     if reappeared and due == "vanished":
         due = None  # it is listed again: the urgent final-state fetch is moot
-    if changed and policy == "changed":
+    if changed and detail_wanted:
         due = most_urgent(due, "changed")
+    if known["status"] != CLOSED:  # once: a closed session listed again is not asked again
+        due = most_urgent(due, _closing_due(status, merged))
     row = {
         **known,
         **merged,
@@ -128,9 +136,9 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
     due = None
     if merged["end_time"] is not None:
         status = CLOSED
-        if any(merged[name] is None for name in CLOSING_FIELDS):
+        if _closing_due(status, merged):
             attempts += 1
-            due = "vanished" if attempts < MAX_DETAIL_ATTEMPTS else None
+            due = "closing" if attempts < MAX_DETAIL_ATTEMPTS else None
     elif known["status"] == VANISHED:
         status = VANISHED
         attempts += 1
@@ -161,7 +169,7 @@ def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
     marked gone): one null or 404 may be a passing glitch upstream.
     """
     attempts = known["detail_attempts"] + 1
-    if known["detail_due"] == "vanished" and attempts < MAX_DETAIL_ATTEMPTS:
+    if known["detail_due"] in FINAL_STATE_DUES and attempts < MAX_DETAIL_ATTEMPTS:
         return Transition("missing", {**known, "detail_attempts": attempts, "last_run_id": run_id})
     if known["status"] != VANISHED:
         # Still listed (or already closed): nothing is lost, and nothing to wait for.
@@ -178,6 +186,19 @@ def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
     due = known["detail_due"] if attempts < MAX_DETAIL_ATTEMPTS else None
     row = {**known, "detail_due": due, "detail_attempts": attempts if due else 0, "last_run_id": run_id}
     return Transition("rejected", row)
+
+
+def observe_waived(known: Row, *, run_id: int) -> Transition:
+    """A detail owed for a new or changed session was let go: the detail mode trusts the listing.
+    One owed for the session's final state (it vanished or closed since) stays owed."""
+    if known["detail_due"] not in ("new", "changed"):
+        return Transition("waived")
+    return Transition("waived", {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id})
+
+
+def _closing_due(status: str, merged: Row) -> str | None:
+    """"closing" if a closed session's state lacks what its close should tell, else None."""
+    return "closing" if status == CLOSED and any(merged[name] is None for name in CLOSING_FIELDS) else None
 
 
 def _state_moved(known: Row, merged: Row) -> bool:

@@ -2,22 +2,24 @@
 
 A lease row names its holder and when it lapses. The holder renews it on a heartbeat, between
 cycles and during them; a worker that dies simply stops renewing, and another takes the account
-over once the lease has lapsed. This
-works the same on SQLite, PostgreSQL and MariaDB, and needs no connection held open.
+over once the lease has lapsed; a holder that is a process of this host known to be dead (its pid
+is gone, or belongs to another process now) is taken over at once. This works the same on SQLite,
+PostgreSQL and MariaDB, and needs no connection held open.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+import os
+import socket
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from archiver.errors import LeaseLostError, first_line
+from archiver.errors import LeaseLostError
 from archiver.models import AccountLease
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,55 @@ def lease_seconds(interval_seconds: float) -> float:
     return max(0.75 * interval_seconds, 1.0)
 
 
+def worker_id() -> str:
+    """This process as a lease holder and in the ledger: host, pid, and the process's start time
+    where the system tells it, so that a later process given the same pid is not taken for it."""
+    pid = os.getpid()
+    facts = _process_facts(pid)
+    return f"{socket.gethostname()}:{pid}" + (f":{facts[1]}" if facts else "")
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether a holder named by :func:`worker_id` is a process of this host that no longer runs:
+    its pid is gone or a zombie, or now belongs to a process that started at another time."""
+    host, _, rest = holder.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another host's process (or a name we did not write): only its lease tells
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return holder != worker_id()  # our pid, so an earlier process that had it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it runs, as another user
+    facts = _process_facts(pid)
+    if facts is None:
+        return False  # no /proc here: the pid is taken, so assume it is the holder
+    state, current_start = facts
+    return state == "Z" or (bool(started) and current_start != started)
+
+
+def _process_facts(pid: int) -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks since boot) on Linux, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The fields after the command name, which may itself hold spaces and parentheses: the state
+    # is the line's 3rd field, the start time its 22nd.
+    fields = stat.rpartition(")")[2].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
 def acquire(engine: Engine, account_id: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
-    """Take or renew the account's lease; False if another live holder has it."""
+    """Take or renew the account's lease; False if another live holder has it.
+
+    A holder whose lease is still valid but that is a dead process of this host (a one-shot sync
+    killed mid-cycle, say) is taken over at once rather than after its lease lapses.
+    """
     expires = now + timedelta(seconds=ttl_seconds)
     with engine.begin() as conn:
         taken = conn.execute(
@@ -47,7 +96,19 @@ def acquire(engine: Engine, account_id: str, holder: str, ttl_seconds: float, no
             conn.execute(insert(leases).values(account_id=account_id, holder=holder, acquired_at=now, expires_at=expires))
         return True
     except IntegrityError:
-        return False  # a row exists and is someone else's, still valid
+        pass  # a row exists and is someone else's, still valid
+    current = holder_of(engine, account_id)
+    if current is None or not holder_is_dead(current):
+        return False
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(leases)
+            .where(c.account_id == account_id, c.holder == current)
+            .values(holder=holder, expires_at=expires, acquired_at=now)
+        )
+    if taken.rowcount == 1:
+        log.info("account %s: took the lease over from %s, a process of this host that no longer runs", account_id, current)
+    return taken.rowcount == 1
 
 
 def renew(engine: Engine, account_ids: Iterable[str], holder: str, ttl_seconds: float, now: datetime) -> set[str]:
@@ -93,37 +154,15 @@ def fence(account_id: str, holder: str, ttl_seconds: float) -> Callable[[Connect
     return check
 
 
+def live_holders(conn: Connection, now: datetime) -> set[str]:
+    """The workers whose leases are valid now."""
+    return set(conn.scalars(select(c.holder).where(c.expires_at >= now)))
+
+
 def holder_of(engine: Engine, account_id: str) -> str | None:
     """Who holds the account's lease (live or lapsed), if anyone."""
     with engine.connect() as conn:
         return conn.scalar(select(c.holder).where(c.account_id == account_id))
-
-
-@asynccontextmanager
-async def leases_kept(engine: Engine, account_ids: Iterable[str], holder: str, ttl_seconds: float) -> AsyncIterator[set[str]]:
-    """Take the lease of every account no other live worker holds, keep them renewed while the
-    block runs, and release them at its end. Yields the accounts taken."""
-    held = {a for a in account_ids if acquire(engine, a, holder, ttl_seconds, datetime.now(UTC))}
-    heartbeat = asyncio.create_task(_renew_forever(engine, held, holder, ttl_seconds))
-    try:
-        yield held
-    finally:
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
-        for account_id in held:
-            try:
-                release(engine, account_id, holder)
-            except SQLAlchemyError as exc:
-                log.warning("account %s: cannot release the lease (it lapses by itself): %s", account_id, first_line(exc))
-
-
-async def _renew_forever(engine: Engine, held: set[str], holder: str, ttl_seconds: float) -> None:
-    while True:
-        await asyncio.sleep(ttl_seconds / 3)
-        try:
-            renew(engine, held, holder, ttl_seconds, datetime.now(UTC))
-        except SQLAlchemyError as exc:
-            log.warning("cannot renew leases: %s", first_line(exc))
 
 
 def release(engine: Engine, account_id: str, holder: str) -> None:

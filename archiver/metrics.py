@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from archiver.cloudflare import RequestStats
 from archiver.sync import CycleResult
 
 log = logging.getLogger(__name__)
-SUCCESS = ("ok", "partial")  # the listing was stored: the archive is being kept
 
 
 class Metrics:
@@ -27,6 +28,8 @@ class Metrics:
         self.started = clock()
         self.accounts = list(accounts)
         self.last_success: dict[str, float] = {}
+        self.last_complete: dict[str, float] = {}  # when each account's last complete listing was stored
+        self.last_listing: dict[str, float] = {}
         self.intervals: dict[str, float] = {}
         r = self.registry
         self.cycles = Counter("archiver_cycles", "Poll cycles by outcome.", ["account", "outcome"], registry=r)
@@ -40,9 +43,21 @@ class Metrics:
         self.throttled = Counter("archiver_api_throttled", "HTTP 429 answers from Cloudflare.", registry=r)
         self.waited = Counter("archiver_rate_limit_wait_seconds", "Seconds spent waiting for the rate limiter and backoff.", registry=r)
         self.last_success_time = Gauge(
-            "archiver_last_success_timestamp_seconds", "Unix time of the last cycle that stored a listing.", ["account"], registry=r
+            "archiver_last_success_timestamp_seconds", "Unix time of the account's last stored listing.", ["account"], registry=r
         )
-        self.interval = Gauge("archiver_effective_interval_seconds", "Current poll interval.", ["account"], registry=r)
+        self.interval = Gauge(
+            "archiver_effective_interval_seconds", "The planned gap between two listings of the account.", ["account"], registry=r
+        )
+        self.listing_gap = Gauge(
+            "archiver_listing_gap_seconds", "The achieved gap between the account's last two listings.", ["account"], registry=r
+        )
+        self.backlog = Gauge(
+            "archiver_detail_backlog", "Detail fetches still owed after the account's last cycle.", ["account"], registry=r
+        )
+        self.gone = Counter(
+            "archiver_sessions_gone", "Sessions Cloudflare forgot before the archive learned their end.", ["account"], registry=r
+        )
+        r.register(_ListingAge(self))
 
     def record_cycle(self, result: CycleResult, stats: RequestStats) -> None:
         self.cycles.labels(result.account_id, result.outcome).inc()
@@ -52,10 +67,22 @@ class Metrics:
         self.retries.inc(stats.retries)
         self.throttled.inc(stats.throttled)
         self.waited.inc(stats.waited_seconds)
-        if result.outcome in SUCCESS:
-            now = self.clock()
-            self.last_success[result.account_id] = now
-            self.last_success_time.labels(result.account_id).set(now)
+        self.backlog.labels(result.account_id).set(result.counts.get("details_carried", 0))
+        self.gone.labels(result.account_id).inc(result.counts.get("gone", 0))
+
+    def record_listing(self, account: str, pages: int, complete: bool) -> None:
+        """An account's listing is stored (``pages`` > 0, ``complete`` if it saw every page) or
+        failed (no pages). A stored listing is what keeps the archive, and the health, going."""
+        if not pages:
+            return
+        now = self.clock()
+        if account in self.last_listing:
+            self.listing_gap.labels(account).set(now - self.last_listing[account])
+        self.last_listing[account] = now
+        if complete:
+            self.last_complete[account] = now
+        self.last_success[account] = now
+        self.last_success_time.labels(account).set(now)
 
     def record_sessions(self, account_id: str, counts: Mapping[str, int]) -> None:
         for status, count in counts.items():
@@ -66,7 +93,7 @@ class Metrics:
         self.interval.labels(account_id).set(seconds)
 
     def health(self) -> tuple[bool, str]:
-        """Healthy while every account had a successful cycle within three of its intervals."""
+        """Healthy while every account had a listing stored within three of its intervals."""
         now = self.clock()
         stale = []
         for account in self.accounts:
@@ -74,11 +101,30 @@ class Metrics:
             # An account not yet polled counts from the service's start.
             since = now - self.last_success.get(account, self.started)
             if since > limit:
-                stale.append(f"{account}: no successful cycle for {since:.0f}s (limit {limit:.0f}s)")
+                stale.append(f"{account}: no listing stored for {since:.0f}s (limit {limit:.0f}s)")
         return (not stale, "; ".join(stale) or "ok")
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ListingAge(Collector):
+    """Seconds since each account's last complete listing, as of the scrape: how long the
+    archive has been blind to sessions that start and end in between."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "archiver_listing_age_seconds",
+            "Seconds since the account's last complete listing (since the start, if none yet).",
+            labels=["account"],
+        )
+        now = self.metrics.clock()
+        for account in self.metrics.accounts:
+            family.add_metric([account], now - self.metrics.last_complete.get(account, self.metrics.started))
+        yield family
 
 
 class MetricsServer:

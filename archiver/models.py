@@ -25,8 +25,9 @@ CLOSED = "closed"  # end time known
 VANISHED = "vanished"  # left a complete listing, end not (yet) known
 GONE = "gone"  # Cloudflare forgot it (404) before we learned its end
 STATUSES = (ACTIVE, CLOSED, VANISHED, GONE)
-# Why a detail fetch is owed, most urgent first: a vanished session's final state is about to go.
-DETAIL_PRIORITY = {"vanished": 0, "changed": 1, "new": 2}
+# Why a detail fetch is owed, most urgent first: a vanished session's final state is about to go;
+# a closed one's reason is missing; a changed or new one may carry what its listing did not.
+DETAIL_PRIORITY = {"vanished": 0, "closing": 1, "changed": 2, "new": 3}
 
 
 # The text SQLAlchemy's SQLite DATETIME stores (its default storage format).
@@ -131,7 +132,7 @@ class BrowserSession(SessionFields, Base):
     last_detail_at: Mapped[datetime | None]
     vanished_at: Mapped[datetime | None]
     gone_at: Mapped[datetime | None]
-    # Why a detail fetch is owed (vanished > changed > new); what the budget leaves is carried over.
+    # Why a detail fetch is owed (vanished > closing > changed > new); what the budget leaves is carried over.
     detail_due: Mapped[str | None] = mapped_column(String(16))
     detail_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -200,11 +201,16 @@ class SyncRun(Base):
     retries: Mapped[int] = mapped_column(default=0)
     throttled: Mapped[int] = mapped_column(default=0)
     waited_seconds: Mapped[float] = mapped_column(default=0.0)
+    # When the cycle's listing was stored (its details may have come in later).
+    listed_at: Mapped[datetime | None]
     # Seconds every request of the cycle was held back by Cloudflare's 429s (part of waited_seconds).
     throttled_seconds: Mapped[float] = mapped_column(default=0.0)
     # Whether details of new and changed sessions were fetched ("details") or the listing was
     # trusted ("listing"); see ARCHIVER_DETAIL_POLICY.
     detail_mode: Mapped[str | None] = mapped_column(String(16))
+    # Details in a row, up to the cycle's end, that added nothing to the listing: what the auto
+    # policy has learned so far, so that a one-shot sync goes on where the last one stopped.
+    detail_quiet: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -61,8 +61,20 @@ _ACTIVE_IDS = select(sessions_table.c.session_id).where(
 _DUE_FOR_DETAIL = (
     select(sessions_table)
     .where(sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.detail_due.is_not(None))
-    .order_by(case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9), sessions_table.c.first_seen_at, sessions_table.c.session_id)
+    .order_by(
+        case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9),
+        # Oldest vanish first (Cloudflare forgets those first); the others oldest first.
+        func.coalesce(sessions_table.c.vanished_at, sessions_table.c.first_seen_at),
+        sessions_table.c.session_id,
+    )
     .limit(bindparam("limit"))
+)
+_DUE_FOR_DETAIL_BUT = _DUE_FOR_DETAIL.where(sessions_table.c.session_id.not_in(bindparam("but", expanding=True)))
+_LAST_DETAIL_MODE = (
+    select(runs_table.c.detail_mode, runs_table.c.detail_quiet)
+    .where(runs_table.c.account_id == bindparam("account_id"), runs_table.c.detail_mode.is_not(None))
+    .order_by(runs_table.c.started_at.desc(), runs_table.c.id.desc())
+    .limit(1)
 )
 _COUNT_DUE = select(func.count()).where(
     sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.detail_due.is_not(None)
@@ -215,11 +227,47 @@ def active_ids_absent_from(conn: Connection, account_id: str, present: Container
     return sorted(session_id for session_id in conn.scalars(_ACTIVE_IDS, {"account_id": account_id}) if session_id not in present)
 
 
-def sessions_due_for_detail(conn: Connection, account_id: str, limit: int) -> list[dict[str, Any]]:
-    """Sessions owed a detail fetch, most urgent first (vanished, changed, new; oldest first)."""
+def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Sessions owed a detail fetch, most urgent first (vanished, closing, changed, new; the oldest
+    vanish first, the others oldest first), but those in ``but``."""
     if limit <= 0:
         return []
-    return [dict(row) for row in conn.execute(_DUE_FOR_DETAIL, {"account_id": account_id, "limit": limit}).mappings()]
+    params: dict[str, Any] = {"account_id": account_id, "limit": limit}
+    if but:
+        params["but"] = list(but)
+    return [dict(row) for row in conn.execute(_DUE_FOR_DETAIL_BUT if but else _DUE_FOR_DETAIL, params).mappings()]
+
+
+def last_detail_mode(conn: Connection, account_id: str) -> tuple[str | None, int]:
+    """The detail mode the account's latest cycle that recorded one ran in, and its quiet streak."""
+    row = conn.execute(_LAST_DETAIL_MODE, {"account_id": account_id}).first()
+    return (row[0], row[1] or 0) if row is not None else (None, 0)
+
+
+def requests_since(
+    conn: Connection, account_ids: Sequence[str], since: datetime, *, except_workers: Container[str] = ()
+) -> list[tuple[datetime, int]]:
+    """(when, how many) API requests the ledger records for these accounts' cycles since ``since``,
+    but those of ``except_workers``: a cycle's requests counted at its end (or its start)."""
+    at = func.coalesce(runs_table.c.finished_at, runs_table.c.started_at)
+    stmt = select(at, runs_table.c.api_requests, runs_table.c.worker).where(
+        runs_table.c.account_id.in_(list(account_ids)),
+        # On the (account_id, started_at) index: no cycle runs for an hour.
+        runs_table.c.started_at >= since - timedelta(hours=1),
+        at >= since,
+        runs_table.c.api_requests > 0,
+    )
+    return [(when, int(count)) for when, count, worker in conn.execute(stmt) if worker not in except_workers]
+
+
+def count_by_status(conn: Connection, account_id: str) -> dict[str, int]:
+    """The account's archived sessions, counted by status."""
+    stmt = (
+        select(sessions_table.c.status, func.count())
+        .where(sessions_table.c.account_id == account_id)
+        .group_by(sessions_table.c.status)
+    )
+    return {status: count for status, count in conn.execute(stmt)}
 
 
 def count_due_for_detail(conn: Connection, account_id: str) -> int:
@@ -266,11 +314,13 @@ def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None
     conn.execute(_FINISH_RUN, {"run": run_id, **values})
 
 
-def abort_stale_runs(conn: Connection, account_id: str, before: datetime, now: datetime) -> int:
-    """Close ledger rows left 'running' by a process that died; return how many."""
+def abort_stale_runs(conn: Connection, account_id: str, before: datetime, now: datetime, keep: Container[int] = ()) -> int:
+    """Close ledger rows left 'running' by a process that died (but those in ``keep``, cycles of
+    the caller's own still under way); return how many."""
     # Found by (account_id, outcome) first: in one statement, SQLite's planner may take the
     # (account_id, started_at) index instead and scan the account's whole ledger every cycle.
-    stale = [run_id for run_id, started_at in conn.execute(_RUNNING, {"account_id": account_id}) if started_at < before]
+    rows = conn.execute(_RUNNING, {"account_id": account_id})
+    stale = [run_id for run_id, started_at in rows if started_at < before and run_id not in keep]
     if stale:
         conn.execute(_ABORT_RUNS, {"ids": stale, "now": now})
     return len(stale)

@@ -9,27 +9,32 @@ by then; otherwise a write of its own closes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-import socket
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from archiver import lifecycle, locks, store
-from archiver.cloudflare import AccountAPI, Listing, RequestStats, client_from_settings
+from archiver import lifecycle, store
+from archiver.cloudflare import AccountAPI, Listing, RequestStats
 from archiver.config import Settings
+from archiver.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.errors import ArchiverError, BadRecordError, RetriableError, first_line
+from archiver.locks import worker_id
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
+from archiver.scheduler import Deadline, DeadlineReached, Priority
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Listed objects are written when this many have arrived, or when the listing ends. A write
 # touches index pages all over each index (session ids are random), and every commit writes the
@@ -50,35 +55,100 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def default_worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class DatabaseError(RetriableError):
     """The database failed mid-cycle; the transaction under way was rolled back."""
 
 
 @dataclass(frozen=True)
 class CycleOptions:
-    detail_policy: str = "changed"
+    detail_policy: str = "auto"
     detail_budget: int = 100
-    detail_concurrency: int = 4
     keep_url_tokens: bool = False
-    worker: str = field(default_factory=default_worker)
+    worker: str = field(default_factory=worker_id)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CycleOptions:
         return cls(
             detail_policy=settings.detail_policy,
             detail_budget=settings.detail_budget,
-            detail_concurrency=settings.detail_concurrency,
             keep_url_tokens=settings.keep_url_tokens,
         )
 
 
-# The outcome of an account that `sync_accounts` left alone because another worker holds its
-# lease: no cycle ran, and the ledger has no row for it.
+# The outcome of an account that the runner left alone because another worker holds its lease:
+# no cycle ran, and the ledger has no row for it.
 SKIPPED = "skipped"
+# Detail requests wait their turn in the token's request scheduler by why they are owed.
+DETAIL_PRIORITIES = {
+    "vanished": Priority.VANISHED, "closing": Priority.CLOSING, "changed": Priority.CHANGED, "new": Priority.NEW,
+}
+# A detail whose turn did not come before the cycle's details deadline: still owed, not failed.
+DEFERRED = object()
+# A detail the detail mode no longer wants (a new or changed session, the listing trusted).
+WAIVED = object()
+DetailResult = tuple[dict[str, Any], Any, RetriableError | None]
+# The ledger counter each kind of detail outcome adds to.
+DETAIL_COUNTS = {"gone": "details_gone", "missing": "details_gone", "waived": "details_waived"}
+
+
+@dataclass
+class Claim:
+    """A session whose detail a cycle is fetching: that cycle's run, and why it asked. ``released``
+    passes if a later cycle finds the session owed for a more urgent reason meanwhile (it vanished):
+    the request, if still waiting, is let go, and the later cycle asks in that reason's turn."""
+
+    run_id: int
+    reason: str
+    released: Deadline = field(default_factory=Deadline)
+
+
+@dataclass
+class AccountState:
+    """What the cycles of one account share in a process (the runner keeps it from cycle to cycle).
+
+    A cycle's details may still be coming in while the account's next cycle lists it: the next
+    cycle leaves alone the sessions other cycles are ``fetching`` (but those it finds owed for a
+    more urgent reason), and the ledger rows of cycles still ``running``.
+    """
+
+    learner: DetailLearner
+    fetching: dict[str, Claim] = field(default_factory=dict)
+    running: set[int] = field(default_factory=set)  # ledger rows (run ids) of this process's cycles
+    # Details of new and changed sessions still waiting for their turn are let go when the detail
+    # mode comes to trust the listing: this passes then.
+    still_wanted: Deadline = field(default_factory=Deadline)
+    # Where the account's database work runs, one statement after another (None: on the event
+    # loop). A slow database then holds up its own account only, and the work of the account's
+    # cycles never interleaves, as it never did on the loop.
+    db: Executor | None = None
+
+    def claim(self, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.fetching[row["session_id"]] = Claim(run_id, row["detail_due"])
+
+    def unclaim(self, run_id: int, session_ids: Iterable[str]) -> None:
+        """Give back the run's claims (those another cycle took over are no longer its own)."""
+        for session_id in session_ids:
+            claim = self.fetching.get(session_id)
+            if claim is not None and claim.run_id == run_id:
+                del self.fetching[session_id]
+
+    def release(self, session_ids: Iterable[str]) -> None:
+        """Let go the claims of these sessions (their requests, if still waiting, give up)."""
+        for session_id in session_ids:
+            claim = self.fetching.pop(session_id, None)
+            if claim is not None:
+                claim.released.at = -math.inf
+
+
+def owed_more_urgently(claims: Mapping[str, Claim], rows: Iterable[dict[str, Any]]) -> set[str]:
+    """The claimed sessions that these rows owe a detail for a more urgent reason than the claim's."""
+    urgent = set()
+    for row in rows:
+        claim, due = claims.get(row["session_id"]), row["detail_due"]
+        if claim is not None and due is not None and lifecycle.most_urgent(due, claim.reason) != claim.reason:
+            urgent.add(row["session_id"])
+    return urgent
 
 
 @dataclass
@@ -92,6 +162,8 @@ class CycleResult:
     counts: dict[str, int]
     duration_seconds: float
     error: str | None = None
+    pages: int = 0
+    detail_mode: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -105,9 +177,19 @@ async def run_cycle(
     *,
     clock: Clock = utcnow,
     fence: Fence | None = None,
+    state: AccountState | None = None,
+    on_listed: Callable[[int, bool], None] | None = None,
+    give_up: Deadline | None = None,
 ) -> CycleResult:
-    """Poll one account once and archive what changed. Errors end up in the ledger row."""
-    return await _Cycle(api, engine, options, clock, fence).run()
+    """Poll one account once and archive what changed. Errors end up in the ledger row.
+
+    ``state`` is what the account's cycles share (a fresh one if None); ``on_listed(pages,
+    complete)`` is called once the listing is stored (or failed): the account's next cycle may
+    begin then, beside this one's details; detail
+    requests not yet sent when ``give_up`` passes are let go (still owed), and the cycle ends.
+    """
+    state = state if state is not None else AccountState(DetailLearner(options.detail_policy))
+    return await _Cycle(api, engine, options, clock, fence, state, on_listed, give_up).run()
 
 
 @dataclass
@@ -137,13 +219,19 @@ class _Writes:
 
 class _Cycle:
     def __init__(
-        self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None
+        self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None,
+        state: AccountState, on_listed: Callable[[int, bool], None] | None, give_up: Deadline | None,
     ) -> None:
         self.api = api
         self.engine = engine
         self.options = options
         self.clock = clock
         self.fence = fence
+        self.state = state
+        self.learner = state.learner
+        self.on_listed = on_listed
+        self.give_up = give_up
+        self.listed_at: datetime | None = None
         self.account_id = api.account_id
         self.run_id = 0
         self.seen: set[str] = set()
@@ -162,13 +250,18 @@ class _Cycle:
         listing.start()
         try:
             await asyncio.sleep(0)  # lets the request go out
-            self.run_id = self._open_run(opened_at)
+            self.run_id = await self._db(self._open_run, opened_at, frozenset(self.state.running))
+            self.state.running.add(self.run_id)
         except BaseException:
             await listing.drop()
             raise
         outcome = "failed"
         try:
-            due = await self._list(listing)
+            try:
+                due = await self._list(listing)
+            finally:
+                if self.on_listed is not None:
+                    self.on_listed(self.pages, self.listing_complete)
             if self.pages:
                 await self._fetch_details(due)
                 outcome = self._outcome()
@@ -186,7 +279,8 @@ class _Cycle:
         finally:
             duration = time.perf_counter() - started
             if not self.closed:
-                self._close_run(outcome)
+                await self._db(self._close_run, outcome)
+            self.state.running.discard(self.run_id)
         result = CycleResult(
             self.account_id,
             self.run_id,
@@ -195,9 +289,17 @@ class _Cycle:
             dict(self.counts),
             duration,
             "; ".join(self.errors) or None,
+            self.pages,
+            self.learner.mode.value,
         )
         _log_result(result, self.api.stats)
         return result
+
+    async def _db(self, work: Callable[..., T], *args: Any) -> T:
+        """Run database work where the account's runs (see AccountState.db)."""
+        if self.state.db is None:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.state.db, functools.partial(work, *args))
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -208,11 +310,12 @@ class _Cycle:
 
     # -- the ledger ---------------------------------------------------------------------------
 
-    def _open_run(self, now: datetime) -> int:
+    def _open_run(self, now: datetime, running: frozenset[int]) -> int:
         try:
             with self._transaction() as conn:
-                # The caller holds this account's lock, so any 'running' row is a dead process's.
-                store.abort_stale_runs(conn, self.account_id, before=now, now=now)
+                # The caller holds this account's lease, so any 'running' row but those of this
+                # process's own cycles still fetching details is a dead process's.
+                store.abort_stale_runs(conn, self.account_id, before=now, now=now, keep=running)
                 return store.open_run(conn, self.account_id, self.options.worker, now)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot open a ledger row: {first_line(exc)}") from exc
@@ -241,6 +344,10 @@ class _Cycle:
             "retries": stats.retries,
             "throttled": stats.throttled,
             "waited_seconds": round(stats.waited_seconds, 3),
+            "throttled_seconds": round(stats.throttled_seconds, 3),
+            "detail_mode": self.learner.mode.value,
+            "detail_quiet": self.learner.quiet,
+            "listed_at": self.listed_at,
             "error": "; ".join(self.errors)[:4000] or None,
         }
         for name in ("listed", "new", "changed", "vanished", "reappeared", "details_fetched", "details_gone",
@@ -263,20 +370,32 @@ class _Cycle:
                         seen_at = self.clock()
                     pending.extend(items)
                     if len(pending) >= LISTING_WRITE_BATCH:
-                        self._store_listed(pending, seen_at)
+                        await self._store_listed(pending, seen_at)
                         pending = []
         except RetriableError as exc:
             # What did arrive is as good as ever; the listing stays incomplete.
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
-            return self._store_listed(pending, seen_at, ended=listing) if self.pages else []
-        return self._store_listed(pending, seen_at, ended=listing)
+            return await self._store_listed(pending, seen_at, ended=listing) if self.pages else []
+        return await self._store_listed(pending, seen_at, ended=listing)
 
-    def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[dict[str, Any]]:
-        """Store listed objects. With ``ended``, the listing they end, in the same transaction (one
-        commit fewer a cycle): if it was complete, mark what it no longer holds vanished; read the
-        sessions owed a detail fetch (returned); and if none is, close the ledger row."""
+    async def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[dict[str, Any]]:
+        """Store listed objects (see _write_listed); claims of other cycles on sessions now owed
+        more urgently are let go, so that this cycle asks for them in their turn."""
         if not items and ended is None:
             return []
+        due, taken_over = await self._db(self._write_listed, items, seen_at, ended, dict(self.state.fetching))
+        if taken_over:
+            self.state.release(taken_over)
+            self.api.client.scheduler.wake()
+        return due
+
+    def _write_listed(
+        self, items: Sequence[Any], seen_at: datetime, ended: Listing | None, claims: Mapping[str, Claim]
+    ) -> tuple[list[dict[str, Any]], set[str]]:
+        """Store listed objects. With ``ended``, the listing they end, in the same transaction (one
+        commit fewer a cycle): if it was complete, mark what it no longer holds vanished; read the
+        sessions owed a detail fetch (returned, with the ``claims`` this cycle takes over); and if
+        none is, close the ledger row."""
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
@@ -284,15 +403,28 @@ class _Cycle:
             if ended is not None:
                 self._end_listing(conn, ended, writes)
             writes.store_rows(conn)  # the vanish pass's rows and versions included
+            taken_over = owed_more_urgently(claims, writes.rows)
             store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.run_id)
             store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.run_id)
             if ended is None:
-                return []
-            due = store.sessions_due_for_detail(conn, self.account_id, self.options.detail_budget)
-            nothing_owed = not due and self.options.detail_budget > 0
+                return [], taken_over
+            self.listed_at = self.clock()
+            due = self._read_due(conn, claims.keys() - taken_over)
+            nothing_owed = not due and self.read_all_due
             if nothing_owed:
+                self.counts["details_carried"] = self.owed_elsewhere
                 store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
         self.closed = nothing_owed
+        return due, taken_over
+
+    def _read_due(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
+        """The sessions owed a detail that this cycle fetches: the budget's worth, most urgent
+        first, but for those other cycles of the account are fetching (``elsewhere``). Notes
+        whether the read saw every owed session, and how many the other cycles have."""
+        budget = self.options.detail_budget
+        due = store.sessions_due_for_detail(conn, self.account_id, budget, but=elsewhere)
+        self.read_all_due = len(due) < budget
+        self.owed_elsewhere = len(elsewhere)
         return due
 
     def _diff_listed(self, conn: Connection, hashed: Sequence[tuple[Any, str | None, str | None]], seen_at: datetime) -> _Writes:
@@ -325,7 +457,7 @@ class _Cycle:
                 account_id=self.account_id,
                 seen_at=seen_at,
                 run_id=self.run_id,
-                policy=self.options.detail_policy,
+                detail_wanted=self.learner.wants_detail(record.session_id),
                 content_hash=digest,
             )
             self.counts[step.kind] += 1
@@ -387,77 +519,129 @@ class _Cycle:
 
     async def _fetch_details(self, due: Sequence[dict[str, Any]]) -> None:
         """Fetch the details ``due`` (the budget's worth, most urgent first) and store them; the
-        last write closes the ledger row when the budget left no owed session out."""
+        last write closes the ledger row when the read saw every owed session. Details the detail
+        mode no longer wants are let go unasked; those not sent before ``give_up`` stay owed."""
         if not due:
-            if self.options.detail_budget == 0:  # nothing was read: whatever is owed is carried
-                self._count_carried()
+            if not self.read_all_due:  # some are owed beyond what was read: count them
+                await self._db(self._count_carried)
             return
-        semaphore = asyncio.Semaphore(self.options.detail_concurrency)
-
-        async def fetch(known: dict[str, Any]) -> tuple[dict[str, Any], Any, RetriableError | None]:
-            async with semaphore:
-                try:
-                    return known, await self.api.get_session(known["session_id"]), None
-                except RetriableError as exc:
-                    return known, None, exc
-
-        tasks = [asyncio.create_task(fetch(row)) for row in due]
-        batch: list[tuple[dict[str, Any], Any, RetriableError | None]] = []
-        oldest = 0.0
-        still_owed = 0
+        self.state.claim(self.run_id, due)
         try:
-            for next_done in asyncio.as_completed(tasks):
-                batch.append(await next_done)
-                if len(batch) == 1:
-                    oldest = time.monotonic()
-                if len(batch) >= DETAIL_WRITE_BATCH or time.monotonic() - oldest >= DETAIL_WRITE_SECONDS:
-                    still_owed += self._store_details(batch)
-                    batch = []
+            batch: list[DetailResult] = [(row, WAIVED, None) for row in due if not self._worth_fetching(row)]
+            tasks = [asyncio.create_task(self._fetch(row)) for row in due if self._worth_fetching(row)]
+            oldest = time.monotonic()
+            still_owed = 0
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    batch.append(await next_done)
+                    if len(batch) == 1:
+                        oldest = time.monotonic()
+                    if len(batch) >= DETAIL_WRITE_BATCH or time.monotonic() - oldest >= DETAIL_WRITE_SECONDS:
+                        still_owed += await self._store_details(batch)
+                        batch = []
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if self.read_all_due:
+                # Every owed session was read: what is still owed is what this cycle's fetches left
+                # owed, and what earlier cycles are still fetching.
+                await self._store_details(batch, still_owed + self.owed_elsewhere)
+            else:
+                await self._store_details(batch)
+                await self._db(self._count_carried)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if len(due) < self.options.detail_budget:
-            # The budget left nothing out: what is still owed is what this cycle's fetches left owed.
-            self._store_details(batch, still_owed)
-        else:
-            self._store_details(batch)
-            self._count_carried()
+            self.state.unclaim(self.run_id, (row["session_id"] for row in due))
+
+    def _worth_fetching(self, known: dict[str, Any]) -> bool:
+        """Whether an owed detail is still wanted: those of new and changed sessions only while
+        the detail mode wants them; those about a session's final state always."""
+        return known["detail_due"] not in ("new", "changed") or self.learner.wants_detail(known["session_id"])
+
+    async def _fetch(self, known: dict[str, Any]) -> DetailResult:
+        """One detail, in its turn: a vanished session's before a closing one's, a closing one's
+        before a changed one's, a changed one's before a new one's; oldest first within each."""
+        session_id, reason = known["session_id"], known["detail_due"]
+        since = known["vanished_at"] if reason == "vanished" and known["vanished_at"] else known["first_seen_at"]
+        give_up = (self.give_up,) if self.give_up is not None else ()
+        if reason in ("new", "changed"):
+            give_up += (self.state.still_wanted,)
+        claim = self.state.fetching.get(session_id)
+        if claim is not None:
+            give_up += (claim.released,)
+        try:
+            body = await self.api.get_session(
+                session_id, priority=DETAIL_PRIORITIES.get(reason, Priority.NEW), key=since.timestamp(),
+                deadline=Deadline(also=give_up),
+            )
+        except DeadlineReached:
+            return known, DEFERRED if self._worth_fetching(known) else WAIVED, None
+        except RetriableError as exc:
+            return known, None, exc
+        finally:
+            self.state.unclaim(self.run_id, (session_id,))
+        return known, body, None
 
     def _count_carried(self) -> None:
         with self.engine.connect() as conn:
             self.counts["details_carried"] = store.count_due_for_detail(conn, self.account_id)
 
-    def _store_details(self, batch: Sequence[tuple[dict[str, Any], Any, RetriableError | None]],
-                       owed_before: int | None = None) -> int:
-        """Store a batch of detail results; return how many of its sessions are still owed one.
-        With ``owed_before`` (how many earlier batches left owed, when no owed session was left
-        out of the cycle), this is the cycle's last write, and it closes the ledger row too."""
-        at = self.clock()
-        writes = _Writes()
-        still_owed = 0
-        for known, body, error in batch:
+    async def _store_details(self, batch: Sequence[DetailResult], owed_before: int | None = None) -> int:
+        """Store a batch of detail results (see _write_details); return how many of its sessions
+        are still owed one. Then the detail mode learns from what the details added."""
+        answered = [(known, body) for known, body, error in batch if error is None and body is not DEFERRED]
+        for _known, _body, error in batch:
             if error is not None:
                 self.counts["details_failed"] += 1
                 self._note_detail_error(error)
-                still_owed += 1
-                continue
-            step = self._detail_step(known, body, at, writes.rejects)
-            self.counts[{"gone": "details_gone", "missing": "details_gone"}.get(step.kind, "details_fetched")] += 1
-            still_owed += int((step.row or known)["detail_due"] is not None)
-            writes.add(step)
-        closing = owed_before is not None
-        if closing:
-            self.counts["details_carried"] = owed_before + still_owed
-        if writes.rows or writes.versions or writes.rejects or closing:
-            with self._transaction() as conn:
-                writes.store_rows(conn)
-                if closing:
-                    store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
-            self.closed = closing
+        unanswered = len(batch) - len(answered)  # failed or not sent: still owed
+        if not answered and owed_before is None:
+            return unanswered
+        switches: list[DetailMode] = []
+        owed_else = None if owed_before is None else owed_before + unanswered
+        still_owed = unanswered + await self._db(self._write_details, answered, owed_else, switches)
+        for mode in switches:
+            self._switched(mode)
         return still_owed
 
-    def _detail_step(self, known: dict[str, Any], body: Any, at: datetime, rejects: list[dict[str, Any]]) -> lifecycle.Transition:
+    def _write_details(self, answered: Sequence[tuple[dict[str, Any], Any]], owed_before: int | None,
+                       switches: list[DetailMode]) -> int:
+        """Write detail answers; return how many of their sessions are still owed one. The detail
+        mode learns from each detail of a listed session; its ``switches`` are added to the list.
+        With ``owed_before`` (how many else stay owed, when the cycle read every owed session),
+        this is the cycle's last write, and it closes the ledger row too (with what was learned)."""
+        closing = owed_before is not None
+        still_owed = 0
+        at = self.clock()
+        writes = _Writes()
+        with self._transaction() as conn:
+            # The next cycle of the account may have listed these sessions meanwhile (or marked
+            # them vanished): each answer applies to the state as it is now.
+            current = store.load_sessions(conn, self.account_id, [known["session_id"] for known, _ in answered])
+            for known, body in answered:
+                now = current.get(known["session_id"])
+                if now is None:
+                    continue  # pruned meanwhile
+                if body is WAIVED:
+                    step = lifecycle.observe_waived(now, run_id=self.run_id)
+                else:
+                    step = self._detail_step(known["detail_due"], now, body, at, writes.rejects, switches)
+                self.counts[DETAIL_COUNTS.get(step.kind, "details_fetched")] += 1
+                if step.kind == "gone":
+                    self.counts["gone"] += 1  # a session whose end the archive will never learn
+                still_owed += int((step.row or now)["detail_due"] is not None)
+                writes.add(step)
+            if closing:
+                self.counts["details_carried"] = (owed_before or 0) + still_owed
+            writes.store_rows(conn)
+            if closing:
+                store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
+        self.closed = closing
+        return still_owed
+
+    def _detail_step(self, reason: str | None, known: dict[str, Any], body: Any, at: datetime,
+                     rejects: list[dict[str, Any]], switches: list[DetailMode]) -> lifecycle.Transition:
+        """What a detail answer (asked because of ``reason``) makes of the session's current row."""
         session_id = known["session_id"]
         if body is None:
             return lifecycle.observe_missing(known, at=at, run_id=self.run_id)
@@ -470,7 +654,25 @@ class _Cycle:
             return lifecycle.observe_bad_detail(known, run_id=self.run_id)
         if record.problems:
             rejects.append(self._reject("detail", session_id, "; ".join(record.problems), body, True, at))
+        if reason in ("new", "changed"):
+            if self.learner.observe(detail_adds(known, record)):
+                switches.append(self.learner.mode)
         return lifecycle.observe_detail(known, record, at=at, run_id=self.run_id)
+
+    def _switched(self, mode: DetailMode) -> None:
+        """The detail mode switched: say so, and to mode listing, let go the details of new and
+        changed sessions asked for so far and still waiting for their turn (those in the sample
+        are asked again next cycle)."""
+        switched, self.state.still_wanted = self.state.still_wanted, Deadline()
+        if mode == DetailMode.LISTING:
+            switched.at = -math.inf
+            self.api.client.scheduler.wake()
+        if mode == DetailMode.DETAILS:
+            log.info("account %s: a detail carried what the listing lacked: fetching details of new and changed "
+                     "sessions again (mode details)", self.account_id)
+        else:
+            log.info("account %s: %d details in a row added nothing to the listing: trusting the listing, "
+                     "fetching a sample only (mode listing)", self.account_id, self.learner.quiet)
 
     def _note_detail_error(self, error: RetriableError) -> None:
         message = f"detail fetch failed: {error}"
@@ -497,43 +699,16 @@ def _listed_id(item: Any) -> str | None:
     return session_id.lower() if isinstance(session_id, str) else None
 
 
-def _log_result(result: CycleResult, stats: Any) -> None:
+def _log_result(result: CycleResult, stats: RequestStats) -> None:
     c = result.counts
     log.log(
         logging.WARNING if result.failed else logging.INFO,
-        "cycle account=%s run=%d outcome=%s complete=%s listed=%d new=%d changed=%d vanished=%d "
-        "details=%d gone=%d carried=%d rejected=%d requests=%d retries=%d throttled=%d duration=%.3fs%s",
-        result.account_id, result.run_id, result.outcome, result.listing_complete,
+        "cycle account=%s run=%d outcome=%s complete=%s pages=%d listed=%d new=%d changed=%d vanished=%d "
+        "details=%d gone=%d waived=%d carried=%d rejected=%d mode=%s requests=%d retries=%d throttled=%d "
+        "duration=%.3fs%s",
+        result.account_id, result.run_id, result.outcome, result.listing_complete, result.pages,
         c.get("listed", 0), c.get("new", 0), c.get("changed", 0), c.get("vanished", 0),
-        c.get("details_fetched", 0), c.get("details_gone", 0), c.get("details_carried", 0), c.get("rejected", 0),
-        stats.requests, stats.retries, stats.throttled, result.duration_seconds,
+        c.get("details_fetched", 0), c.get("details_gone", 0), c.get("details_waived", 0), c.get("details_carried", 0),
+        c.get("rejected", 0), result.detail_mode, stats.requests, stats.retries, stats.throttled, result.duration_seconds,
         f" error={result.error}" if result.error else "",
     )
-
-
-async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow) -> list[CycleResult]:
-    """One cycle for every configured account, concurrently, under one shared rate limiter.
-
-    Each account's lease is taken first, as the service takes it, so that a one-off sync never
-    runs beside another worker's cycle of the same account: such an account is skipped.
-    """
-    options = CycleOptions.from_settings(settings)
-    accounts = settings.accounts()
-    ttl = locks.lease_seconds(settings.interval_seconds)
-    async with client_from_settings(settings) as client, locks.leases_kept(engine, accounts, options.worker, ttl) as held:
-        cycles = [
-            run_cycle(
-                client.account(account_id, RequestStats()), engine, options, clock=clock,
-                fence=locks.fence(account_id, options.worker, ttl),
-            )
-            if account_id in held
-            else _skipped(engine, account_id)
-            for account_id in accounts
-        ]
-        return list(await asyncio.gather(*cycles))
-
-
-async def _skipped(engine: Engine, account_id: str) -> CycleResult:
-    holder = locks.holder_of(engine, account_id)
-    log.info("account %s: skipped, %s is polling it", account_id, holder)
-    return CycleResult(account_id, 0, SKIPPED, False, {}, 0.0, f"skipped: another worker ({holder}) is polling this account")

@@ -23,8 +23,9 @@ from bench.remote import Endpoint
 
 POSTGRES_URL = os.environ.get("ARCHIVER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # A local emulator is not Cloudflare: where a workload measures the archiver's own cost, the
-# client-side rate limit is lifted so that it does not dominate the figure.
+# client-side rate limit and the rate budget are lifted so that they do not dominate the figure.
 LIFTED_RATE_LIMIT = 100_000.0
+LIFTED_UPSTREAM_LIMIT = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 
 def bench_settings(endpoint: Endpoint, database_url: str, **values: Any) -> Settings:
-    """The archiver's default settings, pointed at the emulator, with the rate limit lifted."""
+    """The archiver's default settings, pointed at the emulator, with the rate limit and budget
+    lifted. The detail policy is ``changed``: a workload that measures a cycle's cost measures the
+    costliest, which fetches every detail the listing calls for."""
     return settings_from(
         {
             "api_token": endpoint.token,
@@ -105,6 +108,9 @@ def bench_settings(endpoint: Endpoint, database_url: str, **values: Any) -> Sett
             "base_url": endpoint.base_url,
             "database_url": database_url,
             "rate_limit": LIFTED_RATE_LIMIT,
+            "rate_budget": 1.0,
+            "upstream_limit_requests": LIFTED_UPSTREAM_LIMIT,
+            "detail_policy": "changed",
             **values,
         }
     )

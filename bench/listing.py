@@ -54,8 +54,8 @@ def run(options: Options) -> Outcome:
         "Each sync is one poll cycle in a fresh process (`python -m bench.oneshot`, as `archiver sync` runs), "
         "against an emulator in another process with that many open sessions, which has built and encoded "
         "its listing beforehand (its own one-time cost, not the archiver's); `cold` starts from an empty "
-        "archive, `warm` runs again over it. Default settings (detail policy `changed`, budget 100: every "
-        "cycle also fetches 100 owed details), client-side rate limit lifted. Wall and CPU time of the cycle "
+        "archive, `warm` runs again over it. Default settings but the detail policy `changed` (budget 100: "
+        "every cycle also fetches 100 owed details), client-side rate limit and budget lifted. Wall and CPU time of the cycle "
         "in-process (time.perf_counter, time.process_time); peak RSS is the process's high-water mark (VmHWM).",
     )
     return outcome

@@ -113,8 +113,9 @@ def run(options: Options) -> Outcome:
     outcome.notes.append(
         f"One account with {SESSIONS} open sessions; before each cycle 2 close, 2 start and 2 connect (5%). "
         "A resident service: one client (keep-alive connections) and one engine kept from cycle to cycle; "
-        f"{WARMUP_CYCLES} warm-up cycles are not counted. Default settings (detail policy "
-        "`changed`, budget 100, concurrency 4) with the client-side rate limit lifted. Wall and CPU time "
+        f"{WARMUP_CYCLES} warm-up cycles are not counted. Default settings but the detail policy "
+        "`changed` (the costliest: the `auto` default stops fetching details that repeat the listing), budget 100, "
+        "concurrency 4, with the client-side rate limit and budget lifted. Wall and CPU time "
         "(time.perf_counter, time.process_time) of run_cycle in the archiver's process; the emulator runs in "
         "its own process. Every measured cycle is checked to make exactly 1 list request plus one detail "
         "request per new, changed and vanished session (7)."

@@ -435,9 +435,14 @@ def pages_by_account(pages: list[ServedPage]) -> dict[str, tuple[list[float], li
     return {a: ([p.at for p in ps], ps) for a, ps in by_account.items()}
 
 
+def listing_end(run: dict[str, Any]) -> Any:
+    """When a run's listing was over: its details may have gone on beside the next run's listing."""
+    return run["listed_at"] or run["finished_at"]
+
+
 def _pages_within(pages: dict[str, tuple[list[float], list[ServedPage]]], run: dict[str, Any]) -> list[ServedPage]:
     times, served = pages.get(run["account_id"], ([], []))
-    end = run["finished_at"].timestamp() if run["finished_at"] else float("inf")
+    end = listing_end(run).timestamp() if listing_end(run) else float("inf")
     return served[bisect.bisect_left(times, run["started_at"].timestamp()) : bisect.bisect_right(times, end)]
 
 
@@ -494,7 +499,7 @@ def _check_close_reasons(figures: SoakFigures, run: SoakRun, runs: list[dict[str
     for r in runs:
         if r["outcome"] in OK_OUTCOMES and r["listing_complete"]:
             complete.setdefault(r["account_id"], []).append(
-                (run.sim_ms(r["started_at"].timestamp()), run.sim_ms(r["finished_at"].timestamp()))
+                (run.sim_ms(r["started_at"].timestamp()), run.sim_ms(listing_end(r).timestamp()))
             )
     for key, row in rows.items():
         item = truth.get(key)
@@ -534,7 +539,7 @@ def _check_listings(figures: SoakFigures, run: SoakRun, runs: list[dict[str, Any
     for r in runs:
         if r["finished_at"] is None or r["outcome"] == "aborted":
             continue  # a killed cycle's listing is incomplete and flagged by its outcome
-        start, end = run.sim_ms(r["started_at"].timestamp()), run.sim_ms(r["finished_at"].timestamp())
+        start, end = run.sim_ms(r["started_at"].timestamp()), run.sim_ms(listing_end(r).timestamp())
         if not _pages_within(pages, r):
             continue  # it failed before listing (the database was away)
         consumed = pages_consumed(pages, r)

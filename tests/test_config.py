@@ -90,7 +90,7 @@ def test_unrelated_environment_is_ignored_and_defaults_apply() -> None:
     assert settings.base_url == DEFAULT_BASE_URL
     assert settings.database_url.get_secret_value() == "sqlite:///archive.db"
     assert settings.interval_seconds == 30
-    assert settings.detail_policy == "changed"
+    assert settings.detail_policy == "auto"
     assert settings.detail_budget == 100
     assert settings.rate_limit == 3
     assert settings.rate_budget == 0.25

@@ -20,6 +20,7 @@ from archiver.lifecycle import (
     observe_listed,
     observe_missing,
     observe_vanished,
+    observe_waived,
 )
 from archiver.models import ACTIVE, CLOSED, GONE, VANISHED, BrowserSession, SessionVersion
 from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state, ms_to_datetime, parse_session
@@ -55,7 +56,7 @@ def record(**fields: Any) -> SessionRecord:
 
 
 def listed(known: dict[str, Any] | None, rec: SessionRecord, *, at: datetime = T1, run_id: int = 2, policy: str = "changed") -> Transition:
-    return observe_listed(known, rec, account_id=ACCOUNT, seen_at=at, run_id=run_id, policy=policy)
+    return observe_listed(known, rec, account_id=ACCOUNT, seen_at=at, run_id=run_id, detail_wanted=policy == "changed")
 
 
 def stored(policy: str = "changed", **changes: Any) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def assert_shapes(transition: Transition) -> None:
 @pytest.mark.parametrize(("policy", "due"), [("changed", "new"), ("vanished", None)], ids=["policy-changed", "policy-vanished"])
 def test_new_session(policy: str, due: str | None) -> None:
     rec = record(**OPEN)
-    t = observe_listed(None, rec, account_id=ACCOUNT, seen_at=T0, run_id=7, policy=policy)
+    t = observe_listed(None, rec, account_id=ACCOUNT, seen_at=T0, run_id=7, detail_wanted=policy == "changed")
     assert t.kind == "new"
     assert t.row is not None and t.version is not None
     assert set(t.row) == SESSION_COLUMNS
@@ -230,6 +231,35 @@ def test_listed_closed_by_listing(policy: str, due: str | None) -> None:
     assert t.row["detail_due"] == due
 
 
+@pytest.mark.parametrize("policy", ["changed", "vanished"], ids=["details-wanted", "listing-trusted"])
+@pytest.mark.parametrize("first", [True, False], ids=["first-listed-closed", "closed-later"])
+def test_a_session_listed_closed_without_its_reason_is_owed_a_detail_whatever_the_mode(policy: str, first: bool) -> None:
+    without_reason = {k: v for k, v in CLOSED_OBJ.items() if k != "closeReason"}
+    t = listed(None if first else stored(policy=policy), record(**without_reason), policy=policy)
+    assert t.row is not None and t.row["status"] == CLOSED
+    assert t.row["detail_due"] == "closing"
+    again = listed({**t.row, "detail_due": None}, record(**without_reason), at=T2, policy=policy)
+    assert again.row is None or again.row["detail_due"] is None  # asked once, not at every listing
+
+
+def test_a_waived_detail_is_let_go_and_changes_nothing_else() -> None:
+    known = stored(detail_due="new", detail_attempts=1)
+    t = observe_waived(known, run_id=9)
+    assert t.kind == "waived" and t.version is None and t.row is not None
+    assert_shapes(t)
+    assert (t.row["detail_due"], t.row["detail_attempts"], t.row["last_run_id"]) == (None, 0, 9)
+    assert {k: v for k, v in t.row.items() if k not in ("detail_due", "detail_attempts", "last_run_id")} == {
+        k: v for k, v in known.items() if k not in ("detail_due", "detail_attempts", "last_run_id")
+    }
+
+
+@pytest.mark.parametrize("due", ["vanished", "closing"])
+def test_a_waiver_leaves_a_detail_owed_for_the_final_state_alone(due: str) -> None:
+    # Asked for as a new session, let go once the listing was trusted; meanwhile it vanished.
+    t = observe_waived(stored(detail_due=due, detail_attempts=1), run_id=9)
+    assert t.kind == "waived" and t.row is None and t.version is None
+
+
 def test_listed_closed_session_again_without_end_is_unchanged() -> None:
     known = listed(stored(), record(**CLOSED_OBJ)).row
     assert known is not None
@@ -345,7 +375,7 @@ def test_detail_that_shows_the_end_without_its_reason_is_asked_again(missing: st
         assert t.row is not None and t.row["status"] == CLOSED and t.row["end_time"] is not None
         seen.append((t.row["detail_due"], t.row["detail_attempts"]))
         row = t.row
-    assert seen == [("vanished", 1), ("vanished", 2), (None, 0)]  # bounded: the end itself is kept
+    assert seen == [("closing", 1), ("closing", 2), (None, 0)]  # bounded: the end itself is kept
     owed = observe_detail(observe_vanished(stored(), at=T1, run_id=2).row or {}, record(**partial), at=T2, run_id=3).row
     assert owed is not None
     # the next answer carries the reason: the session is complete and nothing more is owed
@@ -358,9 +388,9 @@ def test_missing_detail_of_a_closed_session_owed_its_reason_is_asked_again() -> 
     owed = observe_detail(
         observe_vanished(stored(), at=T1, run_id=2).row or {}, record(**{**OPEN, "endTime": START_MS + 60_000}), at=T2, run_id=3
     ).row
-    assert owed is not None and (owed["detail_due"], owed["detail_attempts"]) == ("vanished", 1)
+    assert owed is not None and (owed["detail_due"], owed["detail_attempts"]) == ("closing", 1)
     t = observe_missing(owed, at=T2, run_id=4)
-    assert t.row is not None and (t.row["status"], t.row["detail_due"], t.row["detail_attempts"]) == (CLOSED, "vanished", 2)
+    assert t.row is not None and (t.row["status"], t.row["detail_due"], t.row["detail_attempts"]) == (CLOSED, "closing", 2)
     last = observe_missing(t.row, at=T2, run_id=5)
     assert last.row is not None and (last.row["status"], last.row["detail_due"]) == (CLOSED, None)
     assert last.version is None  # closed stays closed: it is not gone
@@ -490,10 +520,10 @@ URGENCY_CASES = [
 
 
 def test_a_listing_stores_the_digest_of_what_it_listed() -> None:
-    new = observe_listed(None, record(**OPEN), account_id=ACCOUNT, seen_at=T0, run_id=1, policy="changed", content_hash="a" * 32)
+    new = observe_listed(None, record(**OPEN), account_id=ACCOUNT, seen_at=T0, run_id=1, detail_wanted=True, content_hash="a" * 32)
     assert new.row is not None and new.row["content_hash"] == "a" * 32
     changed = observe_listed(
-        stored(content_hash="a" * 32), record(**CLOSED_OBJ), account_id=ACCOUNT, seen_at=T1, run_id=2, policy="changed",
+        stored(content_hash="a" * 32), record(**CLOSED_OBJ), account_id=ACCOUNT, seen_at=T1, run_id=2, detail_wanted=True,
         content_hash="b" * 32,
     )
     assert changed.row is not None and changed.row["content_hash"] == "b" * 32
@@ -504,7 +534,7 @@ def test_a_listing_stores_the_digest_of_what_it_listed() -> None:
 def test_a_listed_object_with_a_bad_field_is_never_vouched_for() -> None:
     bad = record(**{**OPEN, "endTime": "soon"})
     assert bad.problems
-    new = observe_listed(None, bad, account_id=ACCOUNT, seen_at=T0, run_id=1, policy="changed", content_hash="a" * 32)
+    new = observe_listed(None, bad, account_id=ACCOUNT, seen_at=T0, run_id=1, detail_wanted=True, content_hash="a" * 32)
     assert new.row is not None and new.row["content_hash"] is None
 
 

@@ -46,7 +46,7 @@ plausible_ms = st.integers(min_value=MIN_MS, max_value=MAX_MS) | st.floats(min_v
 def test_any_field_values_give_a_record_that_the_archive_stores(fields: dict[str, Any]) -> None:
     # Bad field values are dropped with a note, never the session: the row always stores.
     record = parse_session({**fields, "sessionId": SID})
-    step = observe_listed(None, record, account_id=ACCOUNT, seen_at=EPOCH + timedelta(days=20000), run_id=1, policy="changed")
+    step = observe_listed(None, record, account_id=ACCOUNT, seen_at=EPOCH + timedelta(days=20000), run_id=1, detail_wanted=True)
     assert step.row is not None and step.row["session_id"] == SID
     engine = _scratch_engine()
     with engine.begin() as conn:
@@ -65,7 +65,7 @@ def test_millisecond_times_round_trip_through_parsing_and_the_database(key: str,
     value = record.fields[attr]
     assert value == ms_to_datetime(ms) and value.utcoffset() == timedelta(0)
     assert abs((value - EPOCH) / timedelta(milliseconds=1) - ms) <= 0.0005  # microsecond precision
-    step = observe_listed(None, record, account_id=ACCOUNT, seen_at=value, run_id=1, policy="changed")
+    step = observe_listed(None, record, account_id=ACCOUNT, seen_at=value, run_id=1, detail_wanted=True)
     assert step.row is not None
     engine = _scratch_engine()
     with engine.begin() as conn:

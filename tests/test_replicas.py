@@ -75,7 +75,7 @@ def test_replicas_share_accounts_and_take_over_from_a_killed_one(backend: str, r
         runs = [dict(r) for r in conn.execute(select(runs_table).order_by(runs_table.c.id)).mappings()]
     engine.dispose()
     assert_no_overlap(runs)
-    victim_worker = next(w for w in {r["worker"] for r in runs} if w.endswith(f":{victim.pid}"))
+    victim_worker = next(w for w in {r["worker"] for r in runs} if w.split(":")[1] == str(victim.pid))  # host:pid:start
     orphaned = {r["account_id"] for r in runs if r["worker"] == victim_worker}
     assert orphaned, "the killed replica held no account: the test proves nothing"
     for account in emulator.account_ids:
@@ -95,5 +95,5 @@ def busiest(replicas: list[subprocess.Popen[str]], engine: Any) -> subprocess.Po
     with engine.connect() as conn:
         holders = list(conn.scalars(select(leases.c.holder)))
     by_pid = {replica.pid: replica for replica in replicas}
-    counts = Counter(int(holder.rpartition(":")[2]) for holder in holders)
+    counts = Counter(int(holder.split(":")[1]) for holder in holders)  # host:pid:start
     return by_pid[counts.most_common(1)[0][0]]

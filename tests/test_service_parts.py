@@ -1,9 +1,15 @@
-"""The service's parts on their own: pacing, the rate budget, leases, metrics and health."""
+"""The service's parts on their own: leases, metrics and health."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,101 +21,12 @@ from archiver.config import settings_from
 from archiver.emulator import Emulator
 from archiver.errors import LeaseLostError
 from archiver.metrics import Metrics, MetricsServer
-from archiver.pacing import HEADROOM, MAX_PENALTY, Pacer
-from archiver.ratelimit import TokenBucket
 from archiver.store import runs_table
 from archiver.sync import CycleOptions, CycleResult, run_cycle, utcnow
 from tests.helpers import archived, client_for
 
 A, B = "a" * 32, "b" * 32
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-# -- pacing ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("accounts", "requests", "expected"),
-    [(1, 2, 10.0), (4, 7, 4 * 7 / 1.0 * HEADROOM), (1, 40, 40 * HEADROOM)],
-    ids=["room-in-budget-floor", "many-accounts", "expensive-cycles"],
-)
-def test_interval_follows_the_budget_but_never_below_the_floor(accounts: int, requests: int, expected: float) -> None:
-    pacer = Pacer(interval=30, floor=10, budget_rate=1.0, accounts=accounts)
-    assert pacer.after_cycle(A, requests, 0) == pytest.approx(expected)
-
-
-def test_one_expensive_cycle_moves_the_interval_only_partly() -> None:
-    pacer = Pacer(interval=30, floor=1, budget_rate=1.0, accounts=1)
-    for _ in range(10):
-        pacer.after_cycle(A, 10, 0)
-    spiked = pacer.after_cycle(A, 110, 0)
-    assert 10 * HEADROOM < spiked < 110 * HEADROOM
-
-
-def test_429s_back_off_up_to_a_cap_and_recover() -> None:
-    pacer = Pacer(interval=30, floor=10, budget_rate=1.0, accounts=1)
-    base = pacer.after_cycle(A, 2, 0)
-    assert pacer.after_cycle(A, 2, 1) == pytest.approx(2 * base)
-    for _ in range(10):
-        pacer.after_cycle(A, 2, 1)
-    assert pacer.penalty == MAX_PENALTY
-    for _ in range(20):
-        recovered = pacer.after_cycle(A, 2, 0)
-    assert recovered == pytest.approx(base)
-
-
-def test_settings_derive_the_budget_and_the_floor() -> None:
-    defaults = settings_from({})
-    assert defaults.budget_rate == pytest.approx(1.0)
-    assert defaults.interval_floor == pytest.approx(10.0)
-    custom = settings_from({"interval_seconds": 6, "min_interval_seconds": 60, "rate_budget": 0.5})
-    assert custom.interval_floor == 6 and custom.budget_rate == pytest.approx(2.0)
-
-
-# -- the rate budget ---------------------------------------------------------------------------
-
-
-def test_token_bucket_bursts_then_paces_and_never_exceeds_its_envelope() -> None:
-    fake = FakeTime()
-    bucket = TokenBucket(2.0, 5, clock=fake.clock, sleep=fake.sleep)
-    taken: list[float] = []
-
-    async def take(n: int) -> None:
-        for _ in range(n):
-            await bucket.acquire()
-            taken.append(fake.now)
-
-    asyncio.run(take(45))
-    assert taken[:5] == [0.0] * 5  # the saved-up burst
-    assert taken[-1] == pytest.approx(20.0)  # then 2 per second
-    for start in taken:
-        in_window = sum(1 for t in taken if start <= t < start + 10)
-        assert in_window <= 5 + 2 * 10
-
-
-def test_token_bucket_refills_only_up_to_capacity() -> None:
-    fake = FakeTime()
-    bucket = TokenBucket(1.0, 3, clock=fake.clock, sleep=fake.sleep)
-    asyncio.run(bucket.acquire())
-    fake.now = 1000
-    assert bucket.available == 3
-
-
-@pytest.mark.parametrize(("rate", "capacity"), [(0, 5), (-1, 5), (float("nan"), 5), (1, 0.5)], ids=["zero", "negative", "nan", "tiny"])
-def test_token_bucket_refuses_nonsense(rate: float, capacity: float) -> None:
-    with pytest.raises(ValueError):
-        TokenBucket(rate, capacity)
 
 
 # -- leases ------------------------------------------------------------------------------------
@@ -137,6 +54,55 @@ def test_a_lapsed_lease_nobody_took_is_still_ours(any_engine: Engine) -> None:
     assert not locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=35))  # renewed till 40
     assert locks.acquire(any_engine, A, "w2", 10, T0 + timedelta(seconds=41))
     assert locks.renew(any_engine, [A], "w1", 10, T0 + timedelta(seconds=42)) == set()  # w2's now
+
+
+def a_process_that_ran() -> tuple[str, subprocess.Popen[bytes]]:
+    """A child process of this host and the holder name it would have written (host:pid:start)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stat = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()
+    return f"{socket.gethostname()}:{child.pid}:{stat[19]}", child
+
+
+def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(any_engine: Engine) -> None:
+    holder, child = a_process_that_ran()
+    assert locks.acquire(any_engine, A, holder, 600, T0)
+    assert not locks.acquire(any_engine, A, "w2", 600, T0 + timedelta(seconds=1))  # alive: its lease holds
+    child.kill()
+    child.wait()
+    assert locks.acquire(any_engine, A, "w2", 600, T0 + timedelta(seconds=2))  # dead: no need to wait 10 minutes
+    assert locks.holder_of(any_engine, A) == "w2"
+
+
+@pytest.mark.parametrize(
+    ("name", "dead"),
+    [
+        ("reused-pid", True),  # the pid lives, but as a process that started at another time
+        ("zombie", True),  # killed, not yet reaped by its parent
+        ("other-host", False),  # only its lease can tell
+        ("no-start-time", False),  # a live pid, and nothing to tell it apart: assume it is the holder
+        ("ourselves", False),
+        ("not-ours", False),  # a name we did not write
+    ],
+)
+def test_which_holders_are_known_dead(name: str, dead: bool) -> None:
+    holder, child = a_process_that_ran()
+    host, pid, start = holder.split(":")
+    try:
+        if name == "zombie":
+            child.kill()
+            time.sleep(0.2)  # killed; its parent (this test) has not reaped it yet
+        candidate = {
+            "reused-pid": f"{host}:{pid}:{int(start) + 1}",
+            "zombie": holder,
+            "other-host": f"another-{host}:{pid}:{int(start) + 1}",
+            "no-start-time": f"{host}:{pid}",
+            "ourselves": locks.worker_id(),
+            "not-ours": "w1",
+        }[name]
+        assert locks.holder_is_dead(candidate) is dead
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_confirm_fences_a_transaction_by_the_lease(any_engine: Engine) -> None:
@@ -194,8 +160,10 @@ def test_metrics_count_cycles_requests_and_successes() -> None:
     now = [1000.0]
     metrics = Metrics([A], clock=lambda: now[0])
     stats = RequestStats(requests=4, retries=2, throttled=1, waited_seconds=1.5, by_status={200: 3, 429: 1})
+    metrics.record_listing(A, 1, True)
     metrics.record_cycle(result(A, "ok"), stats)
     now[0] = 1010
+    metrics.record_listing(A, 0, False)  # the listing failed
     metrics.record_cycle(result(A, "failed"), RequestStats(by_status={500: 2}))
     text = metrics.exposition().decode()
     assert f'archiver_cycles_total{{account="{A}",outcome="ok"}} 1.0' in text
@@ -206,6 +174,28 @@ def test_metrics_count_cycles_requests_and_successes() -> None:
     assert metrics.last_success[A] == 1000.0  # the failure did not count as a success
 
 
+def test_metrics_say_how_far_the_archive_can_be_trusted() -> None:
+    now = [1000.0]
+    metrics = Metrics([A, B], clock=lambda: now[0])
+
+    def cycle(complete: bool, pages: int, carried: int, gone: int) -> CycleResult:
+        counts = {"details_carried": carried, "gone": gone}
+        return CycleResult(A, 1, "ok" if complete else "partial", complete, counts, 0.1, pages=pages)
+
+    metrics.record_listing(A, 1, True)
+    metrics.record_cycle(cycle(True, 1, 40, 2), RequestStats())
+    now[0] = 1010
+    metrics.record_listing(A, 2, False)  # listed, but not completely
+    metrics.record_cycle(cycle(False, 2, 12, 1), RequestStats())
+    now[0] = 1025
+    text = metrics.exposition().decode()
+    assert f'archiver_listing_age_seconds{{account="{A}"}} 25.0' in text  # since the last complete listing
+    assert f'archiver_listing_age_seconds{{account="{B}"}} 25.0' in text  # never listed: since the start
+    assert f'archiver_listing_gap_seconds{{account="{A}"}} 10.0' in text
+    assert f'archiver_detail_backlog{{account="{A}"}} 12.0' in text
+    assert f'archiver_sessions_gone_total{{account="{A}"}} 3.0' in text
+
+
 def test_health_allows_three_intervals() -> None:
     now = [0.0]
     metrics = Metrics([A, B], clock=lambda: now[0])
@@ -213,11 +203,13 @@ def test_health_allows_three_intervals() -> None:
     metrics.record_interval(B, 10)
     assert metrics.health() == (True, "ok")
     now[0] = 25
-    metrics.record_cycle(result(A, "partial"), RequestStats())
+    metrics.record_listing(A, 1, False)  # stored, though incomplete: the archive is being kept
     now[0] = 31
     healthy, reason = metrics.health()
     assert not healthy and B in reason and A not in reason
-    metrics.record_cycle(result(B, "ok"), RequestStats())
+    metrics.record_listing(B, 0, False)  # a listing that failed does not count
+    assert not metrics.health()[0]
+    metrics.record_listing(B, 1, True)
     assert metrics.health()[0]
 
 

@@ -125,10 +125,14 @@ def _page(at: float, offset: int, fault: int | str | None, *ids: str) -> ServedP
         ([_page(1, 0, "bad_id", "a")], 1, {"a"}),
         # a page outside the cycle's window belongs to another cycle
         ([_page(0.5, 0, None, "z"), _page(1, 0, None, "a")], 1, {"a"}),
+        # and so does one served once its listing was stored, while its details still came in
+        ([_page(1, 0, None, "a"), _page(5, 0, None, "b")], 1, {"a"}),
     ],
-    ids=["timed-out-then-repeated", "repeat-failed", "dropped-page-ahead", "spoiled-id", "outside-window"],
+    ids=["timed-out-then-repeated", "repeat-failed", "dropped-page-ahead", "spoiled-id", "outside-window",
+         "after-its-listing"],
 )
 def test_pages_consumed_are_those_the_cycle_went_on_with(served: list[ServedPage], pages: int, expected: set[str]) -> None:
     by_account = pages_by_account(served)
-    run = {"account_id": "acct", "started_at": datetime.fromtimestamp(0.9, UTC), "finished_at": datetime.fromtimestamp(4, UTC), "pages": pages}
+    run = {"account_id": "acct", "started_at": datetime.fromtimestamp(0.9, UTC), "listed_at": datetime.fromtimestamp(4, UTC),
+           "finished_at": datetime.fromtimestamp(9, UTC), "pages": pages}
     assert {sid for page in pages_consumed(by_account, run) for sid in page.ids} == expected

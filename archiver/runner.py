@@ -1,0 +1,463 @@
+"""The runner: poll cycles for `archiver sync` (one per account) and `archiver run` (on a schedule).
+
+Both modes go through the same steps: take the account's lease before a cycle (a holder that is a
+dead process of this host is taken over at once) and keep it renewed by one heartbeat; send every
+request through the token's one request scheduler, whose budget replicas split by the accounts
+they hold; keep what each account's cycles share (the detail mode, the details being fetched); and
+stop alike on SIGTERM or SIGINT: the first lets running cycles finish within
+``ARCHIVER_SHUTDOWN_GRACE_SECONDS`` (late in it, detail requests still waiting for their turn are
+let go; at its end, what still runs is cancelled, which closes its ledger row as aborted and rolls
+back the transaction under way), the second cancels at once. Leases are released on the way out.
+
+The service lists every account at the cadence's gap (see :mod:`archiver.cadence`). A cycle's
+details may still be coming in when the account's next listing is due: that listing goes on time,
+beside them, so that a detail backlog never delays a listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from archiver import locks, store
+from archiver.cadence import Cadence, planned
+from archiver.cloudflare import CloudflareClient, RequestStats, client_from_settings, scheduler_for
+from archiver.config import Settings
+from archiver.detailmode import learner_for
+from archiver.errors import ArchiverError, LeaseLostError, first_line
+from archiver.metrics import Metrics, MetricsServer
+from archiver.scheduler import Deadline
+from archiver.sync import SKIPPED, AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Each job's trigger fires between (1 - JITTER_SHARE) and 1 times the gap after the last: accounts
+# (and replicas) drift apart so their polls do not beat in step, and no gap exceeds the promise.
+JITTER_SHARE = 0.1
+RESCHEDULE_THRESHOLD = 0.1  # change the jobs' gap only when it moves by more than this share
+SESSION_GAUGE_SECONDS = 60.0  # counting every status is not free on a large archive
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After a stop, cycles fetch what they owe for this share of the grace period; then the detail
+# requests still waiting for their turn are let go, so the cycles end before the grace does.
+LET_GO_SHARE = 0.75
+
+
+class Runner:
+    """Polls the configured accounts: :meth:`sync_once` or :meth:`serve`."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, metrics: Metrics | None = None, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.accounts = settings.accounts()
+        self.options = CycleOptions.from_settings(settings)
+        self.metrics = metrics or Metrics(self.accounts)
+        self.lease_seconds = locks.lease_seconds(settings.interval_seconds)
+        self.cadence: Cadence = planned(
+            settings.interval_seconds, settings.interval_floor, settings.budget_requests,
+            settings.upstream_limit_window_seconds, self.accounts,
+        )
+        self.states: dict[str, AccountState] = {}
+        self.held: set[str] = set()
+        self.requests = scheduler_for(settings)
+        self._share_budget()
+        self.cycles: dict[str, set[asyncio.Task[CycleResult]]] = {account: set() for account in self.accounts}
+        self.listing: set[str] = set()  # accounts whose cycle is listing them now
+        self.overdue: set[str] = set()  # accounts whose listing came due while they were being listed
+        self._follow_ups: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self.give_up = Deadline()  # moved to now late in the grace period: detail requests not yet sent are let go
+        self.jobs: AsyncIOScheduler | None = None
+        self.client: CloudflareClient | None = None
+        self.gap = self.cadence.gap()
+        self._signals = 0
+        self._gauge_refreshed: dict[str, float] = {}
+
+    # -- the two modes ------------------------------------------------------------------------
+
+    async def sync_once(self) -> list[CycleResult]:
+        """One cycle for every account, concurrently; an account another live worker holds is
+        skipped. On a signal, running cycles finish within the grace period (see _finish_running)."""
+        async with self._running():
+            tasks = [asyncio.create_task(self._one_cycle(account)) for account in self.accounts]
+            everything = asyncio.gather(*tasks, return_exceptions=True)
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+            if self.stopping.is_set():
+                await self._finish_running()
+            outcomes = await everything
+        return [self._result_of(account, outcome) for account, outcome in zip(self.accounts, outcomes, strict=True)]
+
+    async def serve(self) -> int:
+        """Poll every account on its schedule until SIGTERM/SIGINT or :meth:`stop`; the exit code."""
+        server = self._start_metrics_server()
+        try:
+            async with self._running():
+                await self._check_credentials()
+                self._start_jobs()
+                await self.stopping.wait()
+                assert self.jobs is not None
+                # Pause, not shut down, first: APScheduler's shutdown cancels the jobs that run.
+                self.jobs.pause()
+                await self._finish_running()
+                self.jobs.shutdown(wait=False)
+        finally:
+            if server is not None:
+                server.stop()
+        log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Ask the runner to stop (what SIGTERM does): no new cycle starts; running ones finish
+        within the grace period (see :meth:`_finish_running`)."""
+        self.stopping.set()
+
+    # -- what both modes share ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        """Signals handled, the client open, the leases kept by a heartbeat and released at the end."""
+        loop = asyncio.get_running_loop()
+        handled = _handle_signals(loop, self._on_signal)
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            self._count_earlier_requests()
+            async with client_from_settings(self.settings, scheduler=self.requests) as client:
+                self.client = client
+                heartbeat = asyncio.create_task(self._heartbeat())
+                yield
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+            for state in self.states.values():
+                if state.db is not None:
+                    state.db.shutdown(wait=True)  # what a cancelled cycle's thread was writing ends
+            self._release_leases()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+                # Everything is written and released: a late signal must not turn a clean exit into a kill.
+                signal.signal(sig, signal.SIG_IGN)
+
+    def _count_earlier_requests(self) -> None:
+        """A fresh scheduler counts what the ledger says this token's accounts asked within the
+        last window by workers that are gone (an earlier `archiver sync`, a service before its
+        restart), so that one-shot syncs from cron keep to the budget as the service does. Live
+        workers (other replicas) count their own, within their part of the budget."""
+        if sum(self.requests.granted.values()):
+            return  # this process has been counting them itself
+        now = self.clock()
+        since = now - timedelta(seconds=self.settings.upstream_limit_window_seconds)
+        try:
+            with self.engine.connect() as conn:
+                earlier = store.requests_since(conn, self.accounts, since, except_workers=locks.live_holders(conn, now))
+        except SQLAlchemyError as exc:
+            log.warning("cannot read the ledger's recent requests: %s", first_line(exc))
+            return
+        self.requests.count_earlier(
+            (now - when).total_seconds() for when, count in earlier for _ in range(count)
+        )
+
+    async def _one_cycle(self, account_id: str) -> CycleResult:
+        """The account's lease, then one cycle of it (a SKIPPED result if another worker has it).
+
+        The cycle's details may go on after its listing is stored, beside the account's next
+        cycle; listings of one account never overlap (see :meth:`_poll`)."""
+        assert self.client is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self.cycles[account_id].add(task)
+        self.listing.add(account_id)
+        told = False
+
+        def listed(pages: int, complete: bool) -> None:
+            nonlocal told
+            if not told:  # once per cycle: its listing is over, stored or not
+                told = True
+                self._listed(account_id, pages, complete)
+
+        try:
+            state = await self._state(account_id)
+            taken = await self._on_db(state, locks.acquire, self.engine, account_id, self.options.worker,
+                                      self.lease_seconds, self.clock())
+            if not taken:
+                self.held.discard(account_id)
+                self._share_budget()
+                holder = await self._on_db(state, locks.holder_of, self.engine, account_id)
+                return self._skipped(account_id, holder)
+            self.held.add(account_id)
+            self._share_budget()
+            stats = RequestStats()
+            try:
+                result = await run_cycle(
+                    self.client.account(account_id, stats), self.engine, self.options, clock=self.clock,
+                    fence=locks.fence(account_id, self.options.worker, self.lease_seconds), state=state,
+                    on_listed=listed, give_up=self.give_up,
+                )
+            except LeaseLostError:
+                self.held.discard(account_id)
+                raise
+            self.metrics.record_cycle(result, stats)
+            return result
+        finally:
+            self.cycles[account_id].discard(task)
+            listed(0, False)  # a cycle that ended before its listing did
+
+    def _listed(self, account_id: str, pages: int, complete: bool) -> None:
+        """An account's listing is stored (or failed): the cadence learns its size, and a listing
+        that came due meanwhile goes now."""
+        self.listing.discard(account_id)
+        self.metrics.record_listing(account_id, pages, complete)
+        if pages:
+            self.cadence.record_listing(account_id, pages)
+            self._replan()
+        if account_id in self.overdue and not self.stopping.is_set():
+            self.overdue.discard(account_id)
+            follow_up = asyncio.get_running_loop().create_task(self._poll(account_id))
+            self._follow_ups.add(follow_up)  # a reference, so the task is not collected half-way
+            follow_up.add_done_callback(self._follow_ups.discard)
+
+    async def _state(self, account_id: str) -> AccountState:
+        """What the account's cycles share, with a thread of its own for its database work; its
+        detail mode resumed from the ledger the first time."""
+        if account_id not in self.states:
+            db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{account_id[:8]}")
+            state = AccountState(learner_for(self.options.detail_policy, None), db=db)
+            self.states[account_id] = state
+            last_mode, last_quiet = await self._on_db(state, self._last_detail_mode, account_id)
+            state.learner = learner_for(self.options.detail_policy, last_mode, last_quiet)
+        return self.states[account_id]
+
+    def _last_detail_mode(self, account_id: str) -> tuple[str | None, int]:
+        with self.engine.connect() as conn:
+            return store.last_detail_mode(conn, account_id)
+
+    @staticmethod
+    async def _on_db(state: AccountState, work: Callable[..., T], *args: Any) -> T:
+        """Database work of an account, on its thread (see AccountState.db)."""
+        return await asyncio.get_running_loop().run_in_executor(state.db, functools.partial(work, *args))
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases we hold; cancel any cycle whose lease was lost, so two never overlap."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                still_held = await asyncio.to_thread(
+                    locks.renew, self.engine, set(self.held), self.options.worker, self.lease_seconds, self.clock()
+                )
+            except SQLAlchemyError as exc:
+                log.warning("cannot renew leases: %s", first_line(exc))
+                continue
+            for account_id in self.held - still_held:
+                log.error("account %s: lease lost to another worker", account_id)
+                for task in self.cycles[account_id]:
+                    task.cancel()
+            self.held &= still_held
+
+    def _release_leases(self) -> None:
+        for account_id in self.accounts:  # a no-op for an account whose lease is not ours
+            try:
+                locks.release(self.engine, account_id, self.options.worker)
+            except SQLAlchemyError as exc:
+                # The lease lapses by itself within 0.75 intervals.
+                log.warning("account %s: cannot release the lease (it lapses by itself): %s", account_id, first_line(exc))
+        self.held.clear()
+
+    def _skipped(self, account_id: str, holder: str | None) -> CycleResult:
+        log.info("account %s: skipped, %s is polling it", account_id, holder)
+        return CycleResult(account_id, 0, SKIPPED, False, {}, 0.0, f"skipped: another worker ({holder}) is polling this account")
+
+    def _result_of(self, account_id: str, outcome: CycleResult | BaseException) -> CycleResult:
+        """What `archiver sync` reports for an account: its cycle's result, or why it has none."""
+        if isinstance(outcome, CycleResult):
+            return outcome
+        if isinstance(outcome, asyncio.CancelledError):
+            return CycleResult(account_id, 0, "aborted", False, {}, 0.0, "cancelled by a signal before the cycle ended")
+        if isinstance(outcome, (ArchiverError, SQLAlchemyError)):
+            return CycleResult(account_id, 0, "failed", False, {}, 0.0, first_line(outcome))
+        raise outcome
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: finishing the running cycles (grace %.0fs), starting no new ones",
+                     sig.name, self.settings.shutdown_grace_seconds)
+            self.stop()
+        else:
+            log.warning("%s again: stopping now", sig.name)
+            for task in self._running_cycles():
+                task.cancel()
+
+    def _running_cycles(self) -> set[asyncio.Task[CycleResult]]:
+        return {task for tasks in self.cycles.values() for task in tasks}
+
+    async def _finish_running(self) -> None:
+        """Let running cycles finish within the grace period: they go on fetching what they owe
+        until :data:`LET_GO_SHARE` of it has passed; then detail requests still waiting for their
+        turn are let go (still owed), so the cycles close their ledger rows as usual; at its end,
+        what still runs (a request that hangs) is cancelled, which marks its row aborted."""
+        running = self._running_cycles()
+        if not running:
+            return
+        grace = self.settings.shutdown_grace_seconds
+        _done, pending = await asyncio.wait(running, timeout=grace * LET_GO_SHARE)
+        if pending:
+            self.give_up.at = -math.inf
+            self.requests.wake()
+            _done, pending = await asyncio.wait(pending, timeout=grace * (1 - LET_GO_SHARE))
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("grace period over: cancelled %d running cycle(s)", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- the service's schedule ---------------------------------------------------------------
+
+    async def _check_credentials(self) -> None:
+        """One one-item listing per account (in the listings' turn) proves the credentials."""
+        assert self.client is not None
+        client = self.client
+        await asyncio.gather(*(client.account(account, RequestStats()).probe() for account in self.accounts))
+        log.info("credentials accepted for %d account(s)", len(self.accounts))
+
+    def _start_metrics_server(self) -> MetricsServer | None:
+        if self.settings.metrics_port is None:
+            return None
+        server = MetricsServer(self.metrics, self.settings.metrics_host, self.settings.metrics_port)
+        server.start()
+        return server
+
+    def _start_jobs(self) -> None:
+        self.jobs = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        for index, account_id in enumerate(self.accounts):
+            self.metrics.record_interval(account_id, self.gap)
+            self.jobs.add_job(
+                self._poll,
+                self._trigger(self.gap),
+                args=[account_id],
+                id=account_id,
+                # The details of a cycle may still be coming in when the account's next listing is
+                # due: that one starts beside them (_poll holds back one whose account is still
+                # being listed until that listing is stored).
+                max_instances=1000,
+                coalesce=True,  # after a pause, one catch-up run rather than a burst
+                misfire_grace_time=max(1, int(self.gap)),
+                # stagger the first polls a little so accounts do not all start in the same second
+                next_run_time=now + timedelta(seconds=min(self.gap, 5.0) * index / max(1, len(self.accounts))),
+            )
+        self.jobs.start()
+        self._log_cadence()
+
+    def _trigger(self, gap: float) -> IntervalTrigger:
+        return IntervalTrigger(seconds=gap * (1 - JITTER_SHARE), jitter=gap * JITTER_SHARE, timezone=UTC)
+
+    async def _poll(self, account_id: str) -> None:
+        if self.stopping.is_set():
+            return
+        if account_id in self.listing:
+            # The account's last listing is still under way (a slow API): this one goes as soon
+            # as that one is stored, rather than a whole gap later. Details never hold it back.
+            self.overdue.add(account_id)
+            return
+        try:
+            await self._one_cycle(account_id)
+            await self._refresh_session_gauge(account_id)
+        except asyncio.CancelledError:
+            log.warning("account %s: cycle cancelled by shutdown; its open transaction was rolled back", account_id)
+        except (ArchiverError, SQLAlchemyError) as exc:
+            # The database is away, or the account was taken over: this cycle is lost, the next
+            # one (or the other worker) carries on. Nothing half-written: each step is a transaction.
+            self.metrics.cycles.labels(account_id, "failed").inc()
+            log.warning("account %s: cycle failed: %s", account_id, first_line(exc))
+        except Exception:
+            self.metrics.cycles.labels(account_id, "failed").inc()
+            log.exception("account %s: cycle failed unexpectedly", account_id)
+
+    async def _refresh_session_gauge(self, account_id: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._gauge_refreshed.get(account_id, -SESSION_GAUGE_SECONDS) < SESSION_GAUGE_SECONDS:
+            return
+        self._gauge_refreshed[account_id] = now
+        try:
+            # The count reads every archived session of the account, so it grows with the archive:
+            # it runs in a worker thread, leaving the event loop (other accounts' cycles, the lease
+            # heartbeat) free meanwhile.
+            counts = await asyncio.to_thread(self._count_sessions, account_id)
+        except SQLAlchemyError as exc:
+            self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
+            log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
+            return
+        self.metrics.record_sessions(account_id, counts)
+
+    def _count_sessions(self, account_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return store.count_by_status(conn, account_id)
+
+    def _share_budget(self) -> None:
+        """This process's part of the token's budget. Replicas split it by the accounts each holds
+        (one that holds them all, or a lone `archiver sync`, has all of it), so that together
+        they keep to it; the reserve for listings is split alike."""
+        share = max(1, len(self.held)) / len(self.accounts)
+        self.requests.limit = math.floor(self.settings.budget_requests * share)
+        self.requests.listing_reserve = math.ceil(self.cadence.reserve() * share)
+
+    def _replan(self) -> None:
+        """After a listing: the listing reserve, and the gap if the listings' size moved it."""
+        self._share_budget()
+        gap = self.cadence.gap()
+        if abs(gap - self.gap) <= RESCHEDULE_THRESHOLD * self.gap:
+            return
+        self.gap = gap
+        if self.jobs is not None:
+            for account_id in self.accounts:
+                self.jobs.reschedule_job(account_id, trigger=self._trigger(gap))
+                self.metrics.record_interval(account_id, gap)
+            self._log_cadence()
+
+    def _log_cadence(self) -> None:
+        pages, gap, interval = self.cadence.listing_pages, self.gap, self.settings.interval_seconds
+        if self.cadence.stretched:
+            log.warning(
+                "listing %d account(s) (%d page(s) a round) every %.0fs: the listing pages alone exceed the "
+                "rate budget at the %.0fs interval (ARCHIVER_RATE_BUDGET=%g of %d requests per %.0fs)",
+                len(self.accounts), pages, gap, interval, self.settings.rate_budget,
+                self.settings.upstream_limit_requests, self.settings.upstream_limit_window_seconds,
+            )
+        else:
+            log.info("listing %d account(s) every %.1fs (interval %.0fs, floor %.1fs), %d of every %d requests kept for listings",
+                     len(self.accounts), gap, interval, self.cadence.floor, self.requests.listing_reserve,
+                     self.settings.budget_requests)
+
+
+def _handle_signals(loop: asyncio.AbstractEventLoop, handler: object) -> Iterable[signal.Signals]:
+    """Route SIGTERM and SIGINT to ``handler``; the signals handled (none off the main thread)."""
+    handled = []
+    for sig in STOP_SIGNALS:
+        with suppress(RuntimeError, NotImplementedError, ValueError):
+            loop.add_signal_handler(sig, handler, sig)  # type: ignore[arg-type]
+            handled.append(sig)
+    return handled
+
+
+async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow) -> list[CycleResult]:
+    """One cycle for every configured account (what `archiver sync` runs)."""
+    return await Runner(settings, engine, clock=clock).sync_once()
