@@ -6,13 +6,11 @@ Every function takes a connection; the caller (the poll cycle) decides transacti
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Engine, Executable, Table, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -21,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from archiver.errors import ConfigError
 from archiver.models import ACTIVE, DETAIL_PRIORITY, BrowserSession, RejectedRecord, SessionVersion, SyncRun
 from archiver.records import STATE_FIELDS
+from archiver.storable import bounded_text, json_bytes
 
 BATCH_SIZE = 500
 sessions_table: Table = BrowserSession.__table__  # type: ignore[assignment]
@@ -125,14 +124,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def json_text(value: Any) -> str:
-    """The text of a JSON column's value: orjson's (a tenth of json.dumps' time, and a cycle
-    writes every raw document at least twice), json.dumps' for what orjson refuses (integers
-    beyond 64 bits, lone surrogates). orjson writes NaN as null, json.dumps as NaN, which is not
-    JSON: no database's JSON functions read it back."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
+    """The text of a JSON column's value, as every database takes it (see storable.json_bytes)."""
+    return json_bytes(value).decode()
 
 
 def _create_private_file(database: str | None) -> None:
@@ -263,6 +256,10 @@ def open_run(conn: Connection, account_id: str, worker: str, started_at: datetim
 
 
 def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None:
+    """Close a ledger row. Its error may quote upstream text: it is made storable first."""
+    error = values.get("error")
+    if error is not None:
+        values = {**values, "error": bounded_text(error)}
     conn.execute(_FINISH_RUN, {"run": run_id, **values})
 
 

@@ -1,0 +1,345 @@
+"""The attack suite of issue 14, for its data, secret and small findings: a hostile upstream (the
+emulator, tampered with on its way out, over a real loopback socket), hostile config files, an
+archive its reader may not write, and upstream text meant for the terminal. Each test is named
+after its finding; where the database matters it runs on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, column, select, table
+
+from archiver.emulator import Emulator
+from archiver.emulator.server import Reply
+from archiver.logs import SecretFilter
+from archiver.records import parse_session, redact_text, redact_url, reject_body
+from archiver.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
+from archiver.store import make_engine, rejects_table
+from tests.helpers import archived, cycle, versions_of
+from tests.soak import text_of_every_column
+from tests.test_cli import run
+
+Item = dict[str, Any]
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    # A frozen clock and six sessions, every one connected: each test moves time itself.
+    emulator = Emulator(accounts=1, initial_sessions=6, seed=14, speed=0.0, spawn_per_minute=0.0, mean_lifetime_s=1e9)
+    world = emulator.world(emulator.account_ids[0])
+    for item in world.listing():
+        world.connect(item["sessionId"])
+    return emulator
+
+
+@pytest.fixture
+def server(emulator: Emulator) -> Iterator[Any]:
+    with emulator.serve(port=0) as running:
+        yield running
+
+
+def sessions_of(emulator: Emulator) -> list[str]:
+    return [item["sessionId"] for item in emulator.world(emulator.account_ids[0]).listing()]
+
+
+def tamper(emulator: Emulator, change: Callable[[Item], Item], *, listed: bool = True, detailed: bool = True) -> None:
+    """Make the emulator hostile: every session object it answers (in a listing, in a detail, or
+    both) goes through ``change`` on its way out, and out as JSON with ``\\u`` escapes, as a hostile
+    server sends a NUL or a lone surrogate (JSON decoders take both)."""
+    original = emulator.handle
+
+    def handle(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        reply = original(method, path, headers, body)
+        if reply.status != 200 or not reply.body or path.startswith("/__emulator/"):
+            return reply
+        data = json.loads(reply.body)
+        if isinstance(data, list) and listed:
+            data = [change(item) for item in data]
+        elif isinstance(data, dict) and detailed:
+            data = change(data)
+        reply.body = json.dumps(data).encode()
+        return reply
+
+    emulator.handle = handle  # type: ignore[method-assign]
+
+
+def only(session_id: str, change: Callable[[Item], Item]) -> Callable[[Item], Item]:
+    return lambda item: change(item) if item.get("sessionId") == session_id else item
+
+
+def rejects(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(rejects_table).order_by(rejects_table.c.id)).mappings()]
+
+
+def as_text(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False)
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+# -- F1: a NUL character anywhere ----------------------------------------------------------------------
+
+NUL_POISONS: dict[str, Callable[[Item], Item]] = {
+    "text-field": lambda o: {**o, "connectionId": "conn\x00ection"},
+    "unknown-field": lambda o: {**o, "region": "WE\x00UR"},
+    "json-key": lambda o: {**o, "bad\x00key": 1},
+    "nested-field": lambda o: {**o, "targets": [{"title": "tab\x00", "type": "page"}]},
+}
+
+
+@pytest.mark.parametrize("poison", NUL_POISONS.values(), ids=NUL_POISONS)
+def test_f1_a_nul_anywhere_in_a_listed_object_costs_that_value_not_the_page(
+    any_engine: Engine, emulator: Emulator, server: Any, poison: Callable[[Item], Item]
+) -> None:
+    target = sessions_of(emulator)[2]
+    tamper(emulator, only(target, poison))
+    for _ in range(2):  # every cycle, not only the first
+        result = cycle(server, emulator, any_engine)
+        assert result.outcome == "ok", result.error
+    rows = archived(any_engine)
+    assert set(rows) == set(sessions_of(emulator))
+    assert all(row["last_detail_at"] is not None for row in rows.values())  # the details were stored too
+    raw = as_text(rows[target]["raw"])
+    assert "\x00" not in raw and "\\u0000" not in raw and "\ufffd" in raw
+    noted = rejects(any_engine)
+    assert noted and {(r["session_id"], r["kept"]) for r in noted} == {(target, True)}
+    assert all("\\u0000" in r["body"] and "U+FFFD" in r["reason"] for r in noted)  # the original, as it came
+
+
+def test_f1_a_nul_in_a_text_field_is_replaced_in_its_column(any_engine: Engine, emulator: Emulator, server: Any) -> None:
+    target = sessions_of(emulator)[0]
+    tamper(emulator, only(target, NUL_POISONS["text-field"]))
+    cycle(server, emulator, any_engine)
+    assert archived(any_engine)[target]["connection_id"] == "conn\ufffdection"
+
+
+def test_f1_a_nul_only_in_one_detail_loses_no_other_detail_of_its_batch(
+    any_engine: Engine, emulator: Emulator, server: Any
+) -> None:
+    target = sessions_of(emulator)[3]
+    tamper(emulator, only(target, lambda o: {**o, "closeReasonText": "boom\x00"}), listed=False)
+    result = cycle(server, emulator, any_engine)
+    assert result.outcome == "ok", result.error
+    rows = archived(any_engine)
+    assert result.counts["details_fetched"] == len(rows) == 6
+    assert all(row["last_detail_at"] is not None for row in rows.values())
+    assert rows[target]["close_reason_text"] == "boom\ufffd"
+    assert [(r["source"], r["session_id"], r["kept"]) for r in rejects(any_engine)] == [("detail", target, True)]
+
+
+# -- F2: lone surrogates -------------------------------------------------------------------------------
+
+
+def test_f2_a_lone_surrogate_in_close_reason_text_is_no_traceback_of_archiver_sync(
+    empty_database_url: str, emulator: Emulator, server: Any, tmp_path: Path
+) -> None:
+    target = sessions_of(emulator)[1]
+    tamper(emulator, only(target, lambda o: {**o, "closeReasonText": "bad \ud800 text"}))
+    env = {
+        "CLOUDFLARE_API_TOKEN": emulator.token, "CLOUDFLARE_ACCOUNT_ID": emulator.account_ids[0],
+        "CLOUDFLARE_BASE_URL": server.base_url, "ARCHIVER_DATABASE_URL": empty_database_url, "ARCHIVER_RATE_LIMIT": "100",
+    }
+    for command in (["sync", "--auto-migrate"], ["sync"]):
+        done = run(command, env, tmp_path)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert ": ok (run" in done.stdout
+    engine = make_engine(empty_database_url)
+    try:
+        rows = archived(engine)
+        assert set(rows) == set(sessions_of(emulator))
+        assert rows[target]["close_reason_text"] == "bad \ufffd text"
+        assert rejects(engine)[0]["kept"]
+    finally:
+        engine.dispose()
+
+
+def test_f2_a_lone_surrogate_in_an_unknown_field_or_key_is_replaced(any_engine: Engine, emulator: Emulator, server: Any) -> None:
+    target = sessions_of(emulator)[4]
+    tamper(emulator, only(target, lambda o: {**o, "region": "\udc00WEUR", "\ud800": ["x\udbff"]}))
+    result = cycle(server, emulator, any_engine)
+    assert result.outcome == "ok", result.error
+    rows = archived(any_engine)
+    assert len(rows) == 6
+    assert rows[target]["raw"]["region"] == "\ufffdWEUR" and rows[target]["raw"]["\ufffd"] == ["x\ufffd"]
+    assert all(r["kept"] and "\\ud800" in r["body"] for r in rejects(any_engine))
+
+
+# -- F3: MariaDB's JSON depth and TEXT size ------------------------------------------------------------
+
+
+def test_f3_an_unknown_field_nested_40_deep_is_cut_not_refused(any_engine: Engine, emulator: Emulator, server: Any) -> None:
+    target = sessions_of(emulator)[0]
+    nested: Any = {"leaf": True}
+    for _ in range(40):
+        nested = {"n": [nested]}
+    tamper(emulator, only(target, lambda o: {**o, "deep": nested}))
+    result = cycle(server, emulator, any_engine)
+    assert result.outcome == "ok", result.error
+    rows = archived(any_engine)
+    assert len(rows) == 6
+    raw = rows[target]["raw"]
+    assert depth(raw) == MAX_DEPTH and DEPTH_MARKER in as_text(raw)
+    assert all(r["kept"] and "nested deeper than" in r["reason"] for r in rejects(any_engine))
+    assert all(v["raw"] == raw for v in versions_of(any_engine, target))
+
+
+def test_f3_a_rejected_object_over_64_kib_is_cut_to_what_a_text_column_takes(
+    any_engine: Engine, emulator: Emulator, server: Any
+) -> None:
+    kept, unkeyable = sessions_of(emulator)[:2]
+    padding = "x" * 100_000
+    tamper(emulator, only(kept, lambda o: {**o, "startTime": "soon", "padding": padding}))
+    tamper(emulator, only(unkeyable, lambda o: {**o, "sessionId": "not-a-uuid", "padding": padding}))
+    result = cycle(server, emulator, any_engine)
+    assert result.error is not None and "without a usable sessionId" in result.error  # not a database error
+    rows = archived(any_engine)
+    assert set(rows) == set(sessions_of(emulator)) - {unkeyable}
+    assert len(json.dumps(rows[kept]["raw"])) <= MAX_DOCUMENT_BYTES
+    assert "padding" not in rows[kept]["raw"] and rows[kept]["raw"]["startTime"] == "soon"
+    noted = rejects(any_engine)
+    assert {(r["session_id"], r["kept"]) for r in noted} == {(kept, True), (None, False)}
+    for reject in noted:
+        assert len(reject["body"].encode()) <= MAX_TEXT_BYTES
+        assert reject["body"].endswith("bytes in all]")
+    assert any("bytes of JSON" in r["reason"] and "'padding'" in r["reason"] for r in noted)
+
+
+# -- more values no database would take (found on the way) --------------------------------------------
+
+
+def test_a_huge_integer_beside_a_nan_is_stored_as_json_every_database_reads(
+    any_engine: Engine, emulator: Emulator, server: Any
+) -> None:
+    target = sessions_of(emulator)[5]
+    # json.dumps writes both (NaN as NaN, which is not JSON); the archiver's client decodes both.
+    tamper(emulator, only(target, lambda o: {**o, "lastUpdated": float("nan"), "build": 10**30}))
+    result = cycle(server, emulator, any_engine)
+    assert result.outcome == "ok", result.error
+    raw = archived(any_engine)[target]["raw"]
+    assert raw["lastUpdated"] is None and int(raw["build"]) == 10**30
+
+
+# -- F7: a new connection ------------------------------------------------------------------------------
+
+
+def new_connection(emulator: Emulator, seconds_later: float) -> Callable[[Item], Item]:
+    """The session as upstream shows it once a second connection has started: another id, a
+    start after the first connection's end, and no end (the field is gone, not null)."""
+    def change(item: Item) -> Item:
+        changed = {k: v for k, v in item.items() if k != "connectionEndTime"}
+        changed["connectionId"] = "second-connection"
+        changed["connectionStartTime"] = item["connectionEndTime"] + seconds_later * 1000
+        return changed
+
+    return change
+
+
+def test_f7_a_new_connection_clears_the_end_of_the_previous_one(any_engine: Engine, emulator: Emulator, server: Any) -> None:
+    world = emulator.world(emulator.account_ids[0])
+    target = sessions_of(emulator)[0]
+    world.disconnect(target)
+    cycle(server, emulator, any_engine)
+    first = archived(any_engine)[target]
+    assert first["connection_end_time"] is not None
+    emulator.clock.advance(120)
+    tamper(emulator, only(target, new_connection(emulator, 60)))
+    result = cycle(server, emulator, any_engine)
+    assert result.outcome == "ok", result.error
+    row = archived(any_engine)[target]
+    assert row["connection_id"] == "second-connection"
+    assert row["connection_start_time"] == first["connection_end_time"] + timedelta(seconds=60)
+    assert row["connection_end_time"] is None
+    for version in versions_of(any_engine, target):
+        start, end = version["connection_start_time"], version["connection_end_time"]
+        assert start is None or end is None or end >= start, version
+    durations = table("session_durations", column("session_id"), column("connection_seconds"))
+    with any_engine.connect() as conn:
+        seconds = conn.execute(select(durations.c.connection_seconds).where(durations.c.session_id == target)).scalar_one()
+    assert seconds is None
+
+
+# -- F8: an end before its start ----------------------------------------------------------------------
+
+
+def test_f8_an_end_before_its_start_is_stored_as_observed_and_flagged(engine: Engine, emulator: Emulator, server: Any) -> None:
+    closed, reconnected = sessions_of(emulator)[:2]
+    tamper(emulator, only(closed, lambda o: {**o, "endTime": o["startTime"] - 5_000, "closeReason": "NormalClosure"}))
+    tamper(emulator, only(reconnected, lambda o: {**o, "connectionEndTime": o["connectionStartTime"] - 1_000}))
+    cycle(server, emulator, engine)
+    rows = archived(engine)
+    assert rows[closed]["end_time"] == rows[closed]["start_time"] - timedelta(seconds=5)  # as observed
+    assert rows[closed]["status"] == "closed"
+    assert rows[reconnected]["connection_end_time"] == rows[reconnected]["connection_start_time"] - timedelta(seconds=1)
+    reasons = {(r["session_id"], r["reason"], r["kept"]) for r in rejects(engine)}
+    assert (closed, "endTime: before startTime (stored as observed)", True) in reasons
+    assert (reconnected, "connectionEndTime: before connectionStartTime (stored as observed)", True) in reasons
+
+
+# -- F10: one redaction everywhere ---------------------------------------------------------------------
+
+
+def test_f10_tokens_in_unknown_nested_and_rejected_fields_reach_no_column(
+    any_engine: Engine, emulator: Emulator, server: Any
+) -> None:
+    token = secrets.token_urlsafe(16)
+    planted = {
+        "liveViewUrl": f"https://live.browser.run/view?jwt={token}A",
+        "targets": [{"webSocketDebuggerUrl": f"wss://live.browser.run/devtools/page/1?jwt={token}B"}],
+        "proxy": f"wss://user:{token}C@h.example/p",
+        "inspector": f"https://h.example/ui#token={token}D",
+        "session": f"wss://h.example/devtools/browser/x;jwt={token}E",
+        "note": f"reconnect to live.browser.run/devtools/browser/x?jwt={token}F",
+    }
+    listed, rejected, unkeyable = sessions_of(emulator)[:3]
+    tamper(emulator, only(listed, lambda o: {**o, **planted}))
+    tamper(emulator, only(rejected, lambda o: {**o, **planted, "startTime": "soon"}))
+    tamper(emulator, only(unkeyable, lambda o: {**o, **planted, "sessionId": None}))
+    cycle(server, emulator, any_engine)
+    cycle(server, emulator, any_engine)
+    stored = text_of_every_column(any_engine)
+    assert token not in stored
+    assert len(rejects(any_engine)) >= 2 and archived(any_engine)[listed]["raw"]["targets"][0]["webSocketDebuggerUrl"] == (
+        "wss://live.browser.run/devtools/page/1?jwt=REDACTED"
+    )
+    row = archived(any_engine)[rejected]["raw"]
+    assert (row["proxy"], row["inspector"], row["session"]) == (
+        "wss://REDACTED@h.example/p", "https://h.example/ui#REDACTED", "wss://h.example/devtools/browser/x;jwt=REDACTED"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "wss://user:{token}@h.example/p",
+        "https://h.example/ui#token={token}",
+        "wss://h.example/devtools/browser/x;jwt={token}",
+        "https://h.example/ui?wss=live.browser.run/x;jwt={token}",
+    ],
+    ids=["userinfo", "fragment", "path-parameter", "nested-path-parameter"],
+)
+def test_f10_a_rejected_body_a_field_and_a_log_line_are_redacted_alike(text: str) -> None:
+    token = secrets.token_urlsafe(16)
+    url = text.format(token=token)
+    assert token not in redact_url(url)
+    body = reject_body({"sessionId": "bad", "webSocketDebuggerUrl": url, "extra": {"nested": [url]}})
+    assert token not in body and body.count(redact_url(url)) == 2
+    record = parse_session({"sessionId": "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e", "webSocketDebuggerUrl": url, "other": [url]})
+    assert record.raw["other"] == [record.fields["web_socket_debugger_url"]] == [redact_url(url)]
+    assert redact_text(f"connecting to {url} failed") == f"connecting to {redact_url(url)} failed"
+    entry = logging.LogRecord("x", logging.INFO, __file__, 1, "lost %s", (url,), None)
+    SecretFilter([]).filter(entry)
+    assert entry.getMessage() == f"lost {redact_url(url)}"
