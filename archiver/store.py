@@ -6,7 +6,6 @@ Every function takes a connection; the caller (the poll cycle) decides transacti
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from archiver import sqlitefile
 from archiver.errors import ConfigError
 from archiver.models import ACTIVE, DETAIL_PRIORITY, BrowserSession, RejectedRecord, SessionVersion, SyncRun
 from archiver.records import STATE_FIELDS
@@ -95,15 +95,23 @@ _TOUCH_REHASHED = (
 )
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout."""
+def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+    """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout.
+
+    ``read_only`` is for the commands that only read: a SQLite archive is opened read-only (so a
+    read-only mount, or a file the user may only read, serves them) and never created.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError("ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        _create_private_file(parsed.database)
+        path = sqlitefile.archive_path(parsed)
+        if path is not None and read_only:
+            parsed = sqlitefile.read_only(parsed, path)
+        elif path is not None:
+            sqlitefile.create_private(path)
         if "timeout" not in parsed.query:  # a ?timeout=SECONDS in the URL wins
             kwargs.setdefault("connect_args", {"timeout": 30})
     else:
@@ -118,7 +126,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         extra = DRIVER_EXTRAS.get(backend)
         hint = f"; install it with pip install 'browser-session-archiver[{extra}]'" if extra else ""
         raise ConfigError(f"ARCHIVER_DATABASE_URL: no database driver for {parsed.drivername}{hint}") from exc
-    if backend == "sqlite":
+    if backend == "sqlite" and not read_only:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -126,18 +134,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def json_text(value: Any) -> str:
     """The text of a JSON column's value, as every database takes it (see storable.json_bytes)."""
     return json_bytes(value).decode()
-
-
-def _create_private_file(database: str | None) -> None:
-    # Create the file ourselves so that the archive (DevTools URLs, close reasons) is readable
-    # by its owner only, whatever the umask.
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    try:
-        fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"ARCHIVER_DATABASE_URL: cannot create the SQLite database file: {exc.strerror}") from exc
-    os.close(fd)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import secrets
+import shutil
+import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,12 +22,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, column, select, table
 
+from archiver import migrate
+from archiver.config import load_settings
 from archiver.emulator import Emulator
 from archiver.emulator.server import Reply
+from archiver.errors import ConfigError
 from archiver.logs import SecretFilter
 from archiver.records import parse_session, redact_text, redact_url, reject_body
 from archiver.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
 from archiver.store import make_engine, rejects_table
+from tests import archive_data
 from tests.helpers import archived, cycle, versions_of
 from tests.soak import text_of_every_column
 from tests.test_cli import run
@@ -343,3 +353,134 @@ def test_f10_a_rejected_body_a_field_and_a_log_line_are_redacted_alike(text: str
     entry = logging.LogRecord("x", logging.INFO, __file__, 1, "lost %s", (url,), None)
     SecretFilter([]).filter(entry)
     assert entry.getMessage() == f"lost {redact_url(url)}"
+
+
+# -- F11: configuration hygiene ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "refused"),
+    [
+        ('api_token = "t0k3n"\n', 0o600, None),
+        ('api_token = "t0k3n"\n', 0o640, None),
+        ('api_token = "t0k3n"\n', 0o644, "holds api_token and may be read by others (mode 0644)"),
+        ('api_key = "k3y"\nemail = "a@b.c"\n', 0o604, "holds api_key and may be read by others"),
+        ('database_url = "postgresql+psycopg://u:pw@h/db"\n', 0o644, "holds database_url and may be read by others"),
+        ('database_url = "sqlite:///archive.db"\n', 0o644, None),
+        ('api_token = "t0k3n"\n', 0o666, "may be changed by others (mode 0666)"),
+        ('base_url = "http://127.0.0.1:9/client/v4"\n', 0o646, "may be changed by others"),
+        ('base_url = "http://127.0.0.1:9/client/v4"\n', 0o620, "may be changed by others"),
+    ],
+    ids=["private", "group-readable", "world-readable-token", "world-readable-key", "world-readable-db-password",
+         "world-readable-no-secret", "world-writable-token", "world-writable-base-url", "group-writable-base-url"],
+)
+def test_f11_a_config_file_others_may_change_or_read_its_secret_is_refused(
+    tmp_path: Path, text: str, mode: int, refused: str | None
+) -> None:
+    path = tmp_path / "archiver.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    if refused is None:
+        load_settings(path, {})
+        return
+    with pytest.raises(ConfigError, match=re.escape(refused)) as info:
+        load_settings(path, {})
+    assert str(path) in str(info.value) and "t0k3n" not in str(info.value) and "pw" not in str(info.value)
+
+
+def test_f11_archiver_refuses_a_world_writable_config_file_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "archiver.toml"
+    path.write_text('api_token = "t0k3n"\naccount_id = ["0123456789abcdef0123456789abcdef"]\nbase_url = "http://127.0.0.1:9/x"\n')
+    path.chmod(0o666)
+    done = run(["--config", str(path), "sync"], {}, tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: config file {path} may be changed by others (mode 0666): chmod go-w {path}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///file:{path}?uri=true", "sqlite:///file:{path}?mode=rwc&uri=true", "sqlite:///file://{path}?uri=true"],
+    ids=["uri", "uri-mode-rwc", "uri-with-empty-authority"],
+)
+def test_f11_a_sqlite_archive_named_by_a_uri_is_private(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "uri archive.db"
+    old_umask = os.umask(0o022)
+    try:
+        engine = make_engine(url.format(path=str(path).replace(" ", "%20")))
+        migrate.upgrade(engine)
+        with engine.connect():
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(old_umask)
+    assert path.name in modes and set(modes.values()) == {0o600}, modes
+
+
+# -- F14: an archive its reader may not write ----------------------------------------------------------
+
+
+def read_only_prefix(directory: Path) -> list[str]:
+    """A command prefix under which ``directory`` may be read but not written: a read-only bind
+    mount for root (whom file modes do not stop), file modes for everyone else."""
+    if os.geteuid() != 0:
+        for path in directory.iterdir():
+            path.chmod(0o444)
+        directory.chmod(0o555)
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("root without unshare: no way to make a directory read-only here")
+    mount = f"mount --bind {directory} {directory} && mount -o remount,bind,ro {directory} && exec \"$@\""
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", mount, "sh", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot mount here (no CAP_SYS_ADMIN)")
+    return ["unshare", "--mount", "sh", "-c", mount, "sh"]
+
+
+@pytest.mark.parametrize("writer_open", [False, True], ids=["closed-archive", "archive-open-for-writing"])
+def test_f14_status_and_reports_read_an_archive_they_may_not_write(tmp_path: Path, writer_open: bool) -> None:
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    engine = make_engine(f"sqlite:///{folder / 'archive.db'}")
+    migrate.upgrade(engine)
+    archive_data.build(engine)
+    writer = engine.connect() if writer_open else None  # keeps the write-ahead log and its index
+    if writer is not None:
+        writer.exec_driver_sql("SELECT 1")
+    else:
+        engine.dispose()
+    files = sorted(p.name for p in folder.iterdir())
+    prefix = read_only_prefix(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
+    env["ARCHIVER_DATABASE_URL"] = f"sqlite:///{folder / 'archive.db'}"
+    commands = {
+        "status": (["status"], f"{archive_data.A}  closed    "),
+        "runs": (["report", "runs", "--since", "2026-11-01"], archive_data.B),
+        "sessions": (["report", "sessions", "--since", "2026-11-20"], archive_data.sid("active")),
+        "current": (["db", "current"], f"current: {migrate.head_revision()}"),
+    }
+    try:
+        for name, (command, expected) in commands.items():
+            done = subprocess.run([*prefix, sys.executable, "-m", "archiver", *command], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)
+            assert (done.returncode, done.stderr) == (0, ""), name
+            assert expected in done.stdout, name
+        assert sorted(p.name for p in folder.iterdir()) == files  # nothing created, nothing removed
+    finally:
+        if writer is not None:
+            writer.close()
+            engine.dispose()
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["report", "runs", "--since", "1d"], ["db", "current"], ["export", "--since", "1d"]], ids=" ".join
+)
+def test_f14_a_read_only_command_on_a_mistyped_sqlite_path_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "archvie.db"
+    done = run(command, {"ARCHIVER_DATABASE_URL": f"sqlite:///{missing}"}, tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: there is no SQLite archive at {missing}: check ARCHIVER_DATABASE_URL, or create one with `archiver db upgrade`"
+    ]
+    assert list(tmp_path.iterdir()) == []
