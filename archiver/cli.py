@@ -24,7 +24,7 @@ from archiver import prune as retention
 from archiver.config import Settings, load_settings
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
-from archiver.render import FORMATS, STREAM_FORMATS, table, write_document, write_rows
+from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
 from archiver.reports import Result, Window, ledger, open_at, stats, story
 from archiver.reports import export as exporting
 from archiver.reports import window as windows
@@ -478,7 +478,7 @@ def _describe_cycle(result: CycleResult) -> str:
         f"details {c.get('details_fetched', 0)}, gone {c.get('details_gone', 0)}, "
         f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
     )
-    return f"{line}\n  error: {result.error}" if result.error else line
+    return f"{line}\n  error: {printable(result.error)}" if result.error else line
 
 
 def _freeze_startup_objects() -> None:

@@ -139,11 +139,13 @@ class Settings(BaseModel):
     def _check_base_url(self) -> Settings:
         try:
             parts = urlsplit(self.base_url)
-            hostname = parts.hostname
-        except ValueError:
+            hostname, port = parts.hostname, parts.port
+        except ValueError:  # a malformed host, or a port that is not a number in 0..65535
             raise ValueError(f"base_url: {self.base_url!r} is not a valid URL") from None
         if parts.scheme not in ("http", "https") or not hostname:
             raise ValueError(f"base_url: {self.base_url!r} is not an http(s) URL")
+        if port == 0:
+            raise ValueError(f"base_url: {self.base_url!r} is not a valid URL (port 0)")
         if parts.scheme == "http" and not self.allow_insecure_http and not _is_loopback(hostname):
             raise ValueError(
                 "base_url: plain http is refused for a non-loopback host "

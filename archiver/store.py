@@ -103,8 +103,11 @@ def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        port = parsed.port
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError("ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL") from None
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"ARCHIVER_DATABASE_URL: port {port} is not between 1 and 65535")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = sqlitefile.archive_path(parsed)

@@ -5,6 +5,7 @@ after its finding; where the database matters it runs on SQLite, PostgreSQL and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,25 +15,29 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, column, select, table
 
-from archiver import migrate
+from archiver import cloudflare, migrate
+from archiver.cloudflare import RequestStats
 from archiver.config import load_settings
 from archiver.emulator import Emulator
 from archiver.emulator.server import Reply
 from archiver.errors import ConfigError
 from archiver.logs import SecretFilter
 from archiver.records import parse_session, redact_text, redact_url, reject_body
+from archiver.render import table as text_table
 from archiver.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
 from archiver.store import make_engine, rejects_table
 from tests import archive_data
-from tests.helpers import archived, cycle, versions_of
+from tests.helpers import archived, client_for, cycle, versions_of
 from tests.soak import text_of_every_column
 from tests.test_cli import run
 
@@ -484,3 +489,113 @@ def test_f14_a_read_only_command_on_a_mistyped_sqlite_path_creates_nothing(tmp_p
         f"error: there is no SQLite archive at {missing}: check ARCHIVER_DATABASE_URL, or create one with `archiver db upgrade`"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- F15: the small ones -------------------------------------------------------------------------------
+
+
+def test_f15_control_characters_from_upstream_are_escaped_in_report_tables(
+    tmp_path: Path, emulator: Emulator, server: Any
+) -> None:
+    target = sessions_of(emulator)[0]
+    hostile = "\x1b[2J\x1b]0;pwned\x07\u202eevil\nline\x9b31m"
+    tamper(emulator, only(target, lambda o: {**o, "endTime": o["startTime"] + 1000, "closeReason": "x\x1b[5m",
+                                             "closeReasonText": hostile}))
+    database = f"sqlite:///{tmp_path / 'a.db'}"
+    engine = make_engine(database)
+    migrate.upgrade(engine)
+    cycle(server, emulator, engine)
+    engine.dispose()
+    env = {"ARCHIVER_DATABASE_URL": database}
+    since = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%MZ")
+    for command in (["report", "session", target], ["report", "sessions", "--since", since], ["report", "reasons", "--since", since]):
+        done = run(command, env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert not any(ch in done.stdout for ch in "\x1b\x07\x9b\u202e"), command
+        assert "\\x1b[" in done.stdout, command
+        lines = done.stdout.splitlines()
+        assert not any(line.startswith("line") for line in lines)  # the newline did not break the table
+
+
+def test_f15_a_table_cell_escapes_what_the_terminal_would_act_on() -> None:
+    text = text_table(["reason"], [["a\x1b[31mb\tc\u202ed\ud800"]])
+    assert text.splitlines()[-1] == "a\\x1b[31mb\\tc\\u202ed\\ud800"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ARCHIVER_DATABASE_URL": "postgresql+psycopg://u:pw@h:abc/db"}, "error: ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL"),
+        ({"ARCHIVER_DATABASE_URL": "postgresql+psycopg://u:pw@[::1/db"}, "error: ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL"),
+        ({"ARCHIVER_DATABASE_URL": "mysql+pymysql://u:pw@h:99999/db"}, "error: ARCHIVER_DATABASE_URL: port 99999 is not between"),
+        ({"CLOUDFLARE_BASE_URL": "http://127.0.0.1:abc/client/v4"}, "error: CLOUDFLARE_BASE_URL: 'http://127.0.0.1:abc/client/v4' is not a valid URL"),
+        ({"CLOUDFLARE_BASE_URL": "http://127.0.0.1:99999/client/v4"}, "error: CLOUDFLARE_BASE_URL: "),
+        ({"CLOUDFLARE_BASE_URL": "https://api.cloudflare.com:0/client/v4"}, "error: CLOUDFLARE_BASE_URL: "),
+    ],
+    ids=["database-port-not-a-number", "database-host-unclosed-bracket", "database-port-out-of-range",
+         "base-url-port-not-a-number", "base-url-port-out-of-range", "base-url-port-zero"],
+)
+def test_f15_a_bad_url_is_one_line_not_a_traceback(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    base = {"CLOUDFLARE_API_TOKEN": "t0k3n", "CLOUDFLARE_ACCOUNT_ID": "0123456789abcdef0123456789abcdef",
+            "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    done = run(["sync", "--auto-migrate"], {**base, **env}, tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), done.stderr
+    assert "u:pw@" not in done.stderr
+
+
+def test_f15_a_retry_after_given_as_an_http_date_is_honoured(
+    emulator: Emulator, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cloudflare, "BACKOFF_BASE_SECONDS", 0.001)  # only the Retry-After can make the wait long
+    original = emulator.handle
+
+    def http_date_retry_after(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        reply = original(method, path, headers, body)
+        if reply.status == 429:
+            reply.headers["Retry-After"] = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+        return reply
+
+    emulator.handle = http_date_retry_after  # type: ignore[method-assign]
+    emulator.inject(429, endpoint="list")
+
+    async def list_once() -> tuple[float, RequestStats]:
+        stats = RequestStats()
+        async with client_for(server, emulator, max_retry_wait=1.5) as client:  # the date's 30 s, capped
+            started = time.monotonic()
+            async for _ in client.account(emulator.account_ids[0], stats).listing():
+                pass
+            return time.monotonic() - started, stats
+
+    elapsed, stats = asyncio.run(list_once())
+    assert stats.throttled == 1 and stats.requests == 2
+    assert 1.4 <= elapsed < 5
+
+
+def test_an_upstream_error_text_with_a_nul_and_a_lone_surrogate_still_closes_the_ledger_row(
+    empty_database_url: str, emulator: Emulator, server: Any, tmp_path: Path
+) -> None:
+    original = emulator.handle
+
+    def spoiled_error(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        reply = original(method, path, headers, body)
+        if reply.status == 400:
+            reply.body = json.dumps({"success": False, "errors": [{"code": 1, "message": "bad\x00 \ud800 \x1b[2J"}]}).encode()
+        return reply
+
+    emulator.handle = spoiled_error  # type: ignore[method-assign]
+    emulator.inject(400, endpoint="list")
+    env = {
+        "CLOUDFLARE_API_TOKEN": emulator.token, "CLOUDFLARE_ACCOUNT_ID": emulator.account_ids[0],
+        "CLOUDFLARE_BASE_URL": server.base_url, "ARCHIVER_DATABASE_URL": empty_database_url,
+    }
+    done = run(["sync", "--auto-migrate"], env, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "bad\\x00 \\ud800 \\x1b[2J" in done.stdout  # escaped for the terminal
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.connect() as conn:
+            outcome, error = conn.execute(select(table("sync_runs", column("outcome"), column("error")))).one()
+    finally:
+        engine.dispose()
+    assert outcome == "failed" and "bad\ufffd \ufffd \x1b[2J" in error
