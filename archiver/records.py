@@ -21,7 +21,7 @@ from typing import Any
 
 from archiver.errors import BadRecordError
 from archiver.redact import REDACTED, redact_text, redact_url
-from archiver.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, Walk, bounded_text, json_bytes, storable_text
+from archiver.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Millisecond timestamps outside 2000..2100 are almost surely seconds, or garbage.
@@ -117,14 +117,14 @@ _UPSTREAM_KEY = {attr: key for key, attr in TIME_FIELDS.items()}
 
 
 def _storable_raw(raw: dict[str, Any], redact: Callable[[str], str] | None, problems: list[str]) -> dict[str, Any]:
-    """The raw document with every value storable, strings redacted unless tokens are kept, and at
-    most MAX_DOCUMENT_BYTES of JSON: what does not fit is left out, known fields first kept."""
+    """The raw document with every value storable, and its strings redacted unless tokens are kept."""
     document: dict[str, Any] = {}
+    walk = Walk(clean=True, redact=redact, longest=MAX_DOCUMENT_BYTES)
     for key, value in raw.items():
         if key in URL_FIELDS:  # already made storable and redacted
             document[key] = value
             continue
-        walk = Walk(clean=True, redact=redact)
+        walk.cleaned = walk.cut = False
         name = walk.text(key)
         document[name] = walk.value(value, 2)
         label = key if key in KNOWN_KEYS else _short(name)
@@ -132,19 +132,23 @@ def _storable_raw(raw: dict[str, Any], redact: Callable[[str], str] | None, prob
             problems.append(f"{label}: NUL characters or lone surrogates replaced by U+FFFD")
         if walk.cut:
             problems.append(f"{label}: nested deeper than {MAX_DEPTH} levels; cut there")
-    size = len(json_bytes(document))
-    if size <= MAX_DOCUMENT_BYTES:
+    return _bounded_document(document, problems)
+
+
+def _bounded_document(document: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The document if its JSON fits MAX_DOCUMENT_BYTES; else the fields that fit, known ones first."""
+    if len(json_bytes(document)) <= MAX_DOCUMENT_BYTES:
         return document
     kept: set[str] = set()
     room = MAX_DOCUMENT_BYTES - 2
-    for key in sorted(document, key=lambda k: k not in KNOWN_KEYS):  # known fields first
+    for key in sorted(document, key=lambda k: k not in KNOWN_KEYS):
         entry = len(json_bytes({key: document[key]})) - 1  # its text with a separator
         if entry <= room:
             kept.add(key)
             room -= entry
     left_out = [_short(k) for k in document if k not in kept]
     problems.append(
-        f"raw: {size} bytes of JSON, more than the {MAX_DOCUMENT_BYTES} kept: left out "
+        f"raw: more than the {MAX_DOCUMENT_BYTES} bytes of JSON kept: left out "
         f"{len(left_out)} field(s): {', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}"
     )
     return {k: v for k, v in document.items() if k in kept}
@@ -218,7 +222,7 @@ def reject_body(obj: Any) -> str:
     """A rejected object as text for the rejects table: its JSON, every string in it redacted as a
     stored field is, NUL characters and lone surrogates kept as the escapes they came as (the
     text is ASCII), and cut past what a TEXT column takes."""
-    redacted = Walk(clean=False, redact=redact_text).value(obj)
+    redacted = Walk(clean=False, redact=redact_text, longest=MAX_TEXT_BYTES).value(obj)
     try:
         text = json.dumps(redacted, sort_keys=True, default=str)
     except TypeError:  # keys of types that do not sort together

@@ -229,8 +229,8 @@ def test_f3_a_rejected_object_over_64_kib_is_cut_to_what_a_text_column_takes(
     assert {(r["session_id"], r["kept"]) for r in noted} == {(kept, True), (None, False)}
     for reject in noted:
         assert len(reject["body"].encode()) <= MAX_TEXT_BYTES
-        assert reject["body"].endswith("bytes in all]")
-    assert any("bytes of JSON" in r["reason"] and "'padding'" in r["reason"] for r in noted)
+        assert reject["body"].endswith(f"[cut to {MAX_TEXT_BYTES} bytes]")
+    assert any("bytes of JSON kept: left out 1 field(s): 'padding'" in r["reason"] for r in noted)
 
 
 # -- more values no database would take (found on the way) --------------------------------------------

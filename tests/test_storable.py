@@ -66,4 +66,11 @@ def test_a_walk_that_only_redacts_keeps_nul_and_surrogates_for_the_json_escapes(
 def test_bounded_text_fits_a_text_column_and_says_it_was_cut(text: str, cut: bool) -> None:
     bounded = bounded_text(text)
     assert len(bounded.encode()) <= MAX_TEXT_BYTES and "\x00" not in bounded
-    assert bounded.endswith(f"[cut: {len(text.encode())} bytes in all]") is cut
+    assert bounded.endswith(f" ... [cut to {MAX_TEXT_BYTES} bytes]") is cut
+
+
+def test_a_walk_cuts_a_string_past_its_longest_before_redacting_it() -> None:
+    redacted: list[int] = []
+    walk = Walk(clean=False, redact=lambda s: redacted.append(len(s)) or s, longest=10)
+    assert walk.value(["x" * 11, "y" * 10]) == ["x" * 10, "y" * 10]
+    assert redacted == [10, 10]
