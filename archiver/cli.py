@@ -24,7 +24,7 @@ from archiver import prune as retention
 from archiver.config import Settings, load_settings
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
-from archiver.render import FORMATS, STREAM_FORMATS, table, write_document, write_rows
+from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
 from archiver.reports import Result, Window, ledger, open_at, stats, story
 from archiver.reports import export as exporting
 from archiver.reports import window as windows
@@ -47,12 +47,19 @@ class App:
             configure_logging(self._settings.log_level, self._settings.log_format, self._settings.secret_values())
         return self._settings
 
-    def engine(self) -> Engine:
-        return make_engine(self.settings().database_url.get_secret_value())
+    def engine(self, *, read_only: bool = False) -> Engine:
+        return make_engine(self.settings().database_url.get_secret_value(), read_only=read_only)
 
     def archive(self) -> Engine:
         """The engine of a database that must already be at the current schema."""
         engine = self.engine()
+        migrate.require_current(engine)
+        return engine
+
+    def reader(self) -> Engine:
+        """The engine of an archive at the current schema, for a command that only reads it: a
+        SQLite file is opened read-only, and never created."""
+        engine = self.engine(read_only=True)
         migrate.require_current(engine)
         return engine
 
@@ -138,7 +145,7 @@ def db_downgrade(app: App, revision: str) -> int:
 @pass_app
 def db_current(app: App) -> int:
     """Show the database's schema revision and this version's latest."""
-    current = migrate.current_revision(app.engine())
+    current = migrate.current_revision(app.engine(read_only=True))
     click.echo(f"current: {current or 'none'}\nlatest:  {migrate.head_revision()}")
     return 0
 
@@ -147,9 +154,7 @@ def db_current(app: App) -> int:
 @pass_app
 def status(app: App) -> int:
     """Show the last cycle of every account and the archived sessions by status."""
-    engine = app.engine()
-    migrate.require_current(engine)
-    with engine.connect() as conn:
+    with app.reader().connect() as conn:
         runs = reports.last_runs(conn)
         counts = reports.sessions_by_status(conn)
     click.echo("Last cycle per account")
@@ -309,7 +314,7 @@ def report() -> None:
 @pass_app
 def report_active_at(app: App, when: datetime, account: str | None, fmt: str) -> int:
     """Sessions open at TIME; "maybe" where the end is only known to lie between last seen and vanished."""
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(open_at.open_at(conn, when, account=account), fmt)
 
 
@@ -324,7 +329,7 @@ def report_active_at(app: App, when: datetime, account: str | None, fmt: str) ->
 def report_sessions(app: App, since: datetime, until: datetime, reason: str | None, status: str | None,
                     account: str | None, fmt: str) -> int:
     """Sessions that started or ended in the window."""
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(windows.sessions_in(conn, Window(since, until), account=account, reason=reason, status=status), fmt)
 
 
@@ -337,7 +342,7 @@ def report_sessions(app: App, since: datetime, until: datetime, reason: str | No
 @pass_app
 def report_reasons(app: App, since: datetime, until: datetime, by: str | None, account: str | None, fmt: str) -> int:
     """Close reasons of the sessions that ended in the window, counted, with their texts."""
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(stats.close_reasons(conn, Window(since, until), by=by, account=account), fmt)
 
 
@@ -349,7 +354,7 @@ def report_reasons(app: App, since: datetime, until: datetime, by: str | None, a
 @pass_app
 def report_durations(app: App, since: datetime, until: datetime, account: str | None, fmt: str) -> int:
     """Count, p50, p90, p99, max and mean of session and connection durations (sessions ended in the window)."""
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(stats.durations(conn, Window(since, until), account=account), fmt)
 
 
@@ -360,7 +365,7 @@ def report_durations(app: App, since: datetime, until: datetime, account: str | 
 @pass_app
 def report_session(app: App, session_id: str, account: str | None, fmt: str) -> int:
     """One session's whole story: every version, the cycles that saw it, first and last seen, vanished, gone."""
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         stories = story.session_story(conn, session_id, account=account)
     if fmt == "json":
         write_document(sys.stdout,
@@ -386,7 +391,7 @@ def report_runs(app: App, since: datetime, until: datetime | None, each: bool, a
     query = ledger.runs if each else ledger.runs_summary
     if until is not None:
         Window(since, until)  # rejects an empty range
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(query(conn, since, until=until, account=account), fmt)
 
 
@@ -403,7 +408,7 @@ def export(app: App, since: datetime, until: datetime, what: str, account: str |
            output: Path | None) -> int:
     """Stream archive rows of a window as CSV or JSON Lines, in constant memory."""
     window = Window(since, until)
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         columns, rows = exporting.export_rows(conn, what, window, account=account)
         if output is None:
             count = write_rows(sys.stdout, fmt, columns, rows)
@@ -425,7 +430,7 @@ def timeline(app: App, since: datetime, until: datetime, account: str | None, ou
     from archiver.timeline import build_timeline
 
     window = Window(since, until)
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         page, count = build_timeline(conn, window, account=account)
     with _open_output(output) as out:
         out.write(page)
@@ -476,7 +481,7 @@ def _describe_cycle(result: CycleResult) -> str:
         f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
         + (f" (detail mode {result.detail_mode})" if result.detail_mode else "")
     )
-    return f"{line}\n  error: {result.error}" if result.error else line
+    return f"{line}\n  error: {printable(result.error)}" if result.error else line
 
 
 def _freeze_startup_objects() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import ssl
@@ -14,13 +15,16 @@ import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, FatalError, RetriableError
-from archiver.records import UUID_PATTERN, redact_text
+from archiver.records import UUID_PATTERN
+from archiver.redact import redact_text
 from archiver.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
 from archiver.transport import Answer, BodyTooLarge, StreamTransport, origin_of
 
@@ -467,12 +471,18 @@ def _decompressed(body: bytes, encoding: bytes) -> bytes:
 
 
 def _retry_after(answer: Answer) -> float | None:
+    """Retry-After in seconds: a number of them, or an HTTP date (RFC 9110), which is as valid."""
     value = _header(answer.headers, b"retry-after")
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
-    return max(seconds, 0.0) if seconds is not None else None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value.decode("latin-1")) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(seconds, 0.0) if not math.isnan(seconds) else None
 
 
 def client_from_settings(settings: Settings, **overrides: Any) -> CloudflareClient:

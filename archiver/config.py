@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,11 +140,13 @@ class Settings(BaseModel):
     def _check_base_url(self) -> Settings:
         try:
             parts = urlsplit(self.base_url)
-            hostname = parts.hostname
-        except ValueError:
+            hostname, port = parts.hostname, parts.port
+        except ValueError:  # a malformed host, or a port that is not a number in 0..65535
             raise ValueError(f"base_url: {self.base_url!r} is not a valid URL") from None
         if parts.scheme not in ("http", "https") or not hostname:
             raise ValueError(f"base_url: {self.base_url!r} is not an http(s) URL")
+        if port == 0:
+            raise ValueError(f"base_url: {self.base_url!r} is not a valid URL (port 0)")
         if parts.scheme == "http" and not self.allow_insecure_http and not _is_loopback(hostname):
             raise ValueError(
                 "base_url: plain http is refused for a non-loopback host "
@@ -203,10 +206,12 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            data = tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -214,7 +219,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if field not in ENV_NAMES:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
         values[field] = value
+    _check_private(path, mode, values)
     return values
+
+
+def _check_private(path: Path, mode: int, values: Mapping[str, Any]) -> None:
+    """Refuse, as ssh refuses a private key others may use, a config file that others may
+    change (it says where the credentials go: base_url), or read when it holds a secret."""
+    if os.name != "posix":
+        return
+    if mode & 0o022:
+        raise ConfigError(f"config file {path} may be changed by others (mode {mode:04o}): chmod go-w {path}")
+    secret = next((name for name in SECRET_KEYS if _holds_secret(name, values.get(name))), None)
+    if secret is not None and mode & 0o004:
+        raise ConfigError(f"config file {path} holds {secret} and may be read by others (mode {mode:04o}): chmod o-r {path}")
+
+
+# Keys of the config file whose values are secrets (database_url only when it holds a password).
+SECRET_KEYS = ("api_token", "api_key", "database_url")
+
+
+def _holds_secret(name: str, value: Any) -> bool:
+    if not value:
+        return False
+    return bool(_url_passwords(str(value))) if name == "database_url" else True
 
 
 def _describe(exc: ValidationError) -> str:

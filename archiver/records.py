@@ -2,7 +2,9 @@
 
 A record is rejected outright only when it cannot be keyed (not an object, no valid sessionId).
 A bad field (wrong type, absurd timestamp) is dropped and noted in ``problems`` so the session
-itself is still archived: losing a session's existence over one odd field would be worse.
+itself is still archived: losing a session's existence over one odd field would be worse. So is
+a value no database would take (a NUL character, a lone surrogate, nesting past MariaDB's limit):
+it is replaced, in the columns and in the raw document, and noted.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import json
 import marshal
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from archiver.errors import BadRecordError
+from archiver.redact import REDACTED, redact_text, redact_url
+from archiver.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Millisecond timestamps outside 2000..2100 are almost surely seconds, or garbage.
 MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-REDACTED = "REDACTED"
 
 TIME_FIELDS = {
     "startTime": "start_time",
@@ -48,6 +50,12 @@ URL_FIELDS = {
 # out on purpose: they carry short-lived credentials, not lifecycle facts.
 LIFECYCLE_FIELDS: tuple[str, ...] = (*TIME_FIELDS.values(), *(a for a, _ in TEXT_FIELDS.values()))
 STATE_FIELDS: tuple[str, ...] = (*LIFECYCLE_FIELDS, *URL_FIELDS.values())
+KNOWN_KEYS = frozenset({"sessionId", *TIME_FIELDS, *TEXT_FIELDS, *URL_FIELDS})
+# The facts of one connection: a new connection makes what was known of the previous one moot.
+CONNECTION_FIELDS = ("connection_id", "connection_start_time", "connection_end_time")
+# The free-text field: it may quote a URL (an error about a connection), and is redacted as
+# unknown fields are. The others are codes and ids.
+FREE_TEXT = "closeReasonText"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,17 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
     fields: dict[str, Any] = {}
     for key, attr in TIME_FIELDS.items():
         fields[attr] = _parse_time(obj.get(key), key, problems)
-    for key, (attr, limit) in TEXT_FIELDS.items():
-        fields[attr] = _parse_text(obj.get(key), key, limit, problems, numbers=(key == "closeReason"))
+    _check_order(fields, "start_time", "end_time", problems)
+    _check_order(fields, "connection_start_time", "connection_end_time", problems)
     raw = dict(obj)
+    for key, (attr, limit) in TEXT_FIELDS.items():
+        value = obj.get(key)
+        text = _parse_text(value, key, limit, problems, numbers=(key == "closeReason"))
+        if text is not None and key == FREE_TEXT and not keep_url_tokens:
+            text = redact_text(text)
+        if text is not value and text is not None and isinstance(value, str):
+            raw[key] = text  # the document says what the column says
+        fields[attr] = text
     for key, attr in URL_FIELDS.items():
         url = _parse_text(obj.get(key), key, 8192, problems, numbers=False)
         if url is not None and not keep_url_tokens:
@@ -85,7 +101,57 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
         fields[attr] = url
         if key in raw:
             raw[key] = url if url is not None or raw[key] is None else REDACTED
+    if problems or not KNOWN_KEYS.issuperset(obj):
+        # Something is odd: every other value of the document is made storable (and redacted) too.
+        raw = _storable_raw(raw, None if keep_url_tokens else redact_text, problems)
     return SessionRecord(session_id.lower(), fields, raw, tuple(problems))
+
+
+def _check_order(fields: Mapping[str, Any], start: str, end: str, problems: list[str]) -> None:
+    """An end before its start is stored as observed (it is what upstream said), and noted."""
+    if fields[start] is not None and fields[end] is not None and fields[end] < fields[start]:
+        problems.append(f"{_UPSTREAM_KEY[end]}: before {_UPSTREAM_KEY[start]} (stored as observed)")
+
+
+_UPSTREAM_KEY = {attr: key for key, attr in TIME_FIELDS.items()}
+
+
+def _storable_raw(raw: dict[str, Any], redact: Callable[[str], str] | None, problems: list[str]) -> dict[str, Any]:
+    """The raw document with every value storable, and its strings redacted unless tokens are kept."""
+    document: dict[str, Any] = {}
+    walk = Walk(clean=True, redact=redact, longest=MAX_DOCUMENT_BYTES)
+    for key, value in raw.items():
+        if key in URL_FIELDS:  # already made storable and redacted
+            document[key] = value
+            continue
+        walk.cleaned = walk.cut = False
+        name = walk.text(key)
+        document[name] = walk.value(value, 2)
+        label = key if key in KNOWN_KEYS else _short(name)
+        if walk.cleaned:
+            problems.append(f"{label}: NUL characters or lone surrogates replaced by U+FFFD")
+        if walk.cut:
+            problems.append(f"{label}: nested deeper than {MAX_DEPTH} levels; cut there")
+    return _bounded_document(document, problems)
+
+
+def _bounded_document(document: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The document if its JSON fits MAX_DOCUMENT_BYTES; else the fields that fit, known ones first."""
+    if len(json_bytes(document)) <= MAX_DOCUMENT_BYTES:
+        return document
+    kept: set[str] = set()
+    room = MAX_DOCUMENT_BYTES - 2
+    for key in sorted(document, key=lambda k: k not in KNOWN_KEYS):
+        entry = len(json_bytes({key: document[key]})) - 1  # its text with a separator
+        if entry <= room:
+            kept.add(key)
+            room -= entry
+    left_out = [_short(k) for k in document if k not in kept]
+    problems.append(
+        f"raw: more than the {MAX_DOCUMENT_BYTES} bytes of JSON kept: left out "
+        f"{len(left_out)} field(s): {', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}"
+    )
+    return {k: v for k, v in document.items() if k in kept}
 
 
 def listing_hash(obj: Any, *, keep_url_tokens: bool = False) -> str | None:
@@ -112,21 +178,34 @@ def listing_hash(obj: Any, *, keep_url_tokens: bool = False) -> str | None:
 
 # Changes to what parse_session makes of an object must change this, so that digests stored by an
 # older release no longer vouch for their rows.
-_HASH_PERSON = {False: b"list-v1-redacted", True: b"list-v1-kept"}
+_HASH_PERSON = {False: b"list-v2-redacted", True: b"list-v2-kept"}
 
 
 def merge_state(previous: Mapping[str, Any] | None, record: SessionRecord) -> dict[str, Any]:
     """The latest known value of every field: what the record says, else what we knew before.
 
     Upstream omits or nulls fields freely (a listing may carry less than a detail), so a missing
-    value never erases a known one.
+    value never erases a known one, with one exception: a record of another connection (another
+    ``connectionId`` or connection start) says all that is known of the session's connection
+    now. The previous connection's end, kept beside the new start, would be a connection that
+    ended before it began.
     """
+    fields = record.fields
     if previous is None:
-        return dict(record.fields)
-    return {
-        name: record.fields[name] if record.fields[name] is not None else previous.get(name)
-        for name in STATE_FIELDS
-    }
+        return dict(fields)
+    merged = {name: fields[name] if fields[name] is not None else previous.get(name) for name in STATE_FIELDS}
+    if _another_connection(previous, fields):
+        for name in CONNECTION_FIELDS:
+            merged[name] = fields[name]
+    return merged
+
+
+def _another_connection(previous: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    for name in ("connection_id", "connection_start_time"):
+        new, old = fields[name], previous.get(name)
+        if new is not None and old is not None and new != old:
+            return True
+    return False
 
 
 def lifecycle_changed(previous: Mapping[str, Any], merged: Mapping[str, Any]) -> bool:
@@ -139,71 +218,16 @@ def ms_to_datetime(ms: float) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
-def redact_url(url: str, _depth: int = 0) -> str:
-    """The URL with every credential replaced: passwords, query values, fragments.
-
-    A query value that is itself a URL with a query (DevTools' ``?wss=host/path?jwt=...``) is
-    redacted recursively rather than wholesale, so the host and path stay useful for forensics.
-    """
-    try:
-        plain = _split_plain_url(url)
-        if plain is not None:
-            # What urlunsplit would join, without urlsplit's and urlunsplit's general machinery.
-            head, query = plain
-            return f"{head}?{_redact_query(query, _depth)}"
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-        fragment = REDACTED if parts.fragment else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query, _depth), fragment))
-    except ValueError:
-        return REDACTED
-
-
-def _redact_query(query: str, depth: int) -> str:
-    items = []
-    for item in query.split("&") if query else []:
-        key, has_value, value = item.partition("=")
-        if not has_value:
-            items.append(REDACTED)  # a bare ?token is a value without a key
-        elif "?" in unquote(value) and depth < 3:
-            items.append(f"{key}={redact_url(unquote(value), depth + 1)}")  # a URL with its own query
-        else:
-            items.append(f"{key}={REDACTED if value else ''}")
-    return "&".join(items)
-
-
-# The everyday shapes of a DevTools URL, "scheme://host/path?query" and "host/path?query", in
-# printable ASCII without a fragment, brackets or user info. For these, urlsplit only splits and
-# urlunsplit joins the parts back as they were, so redaction can skip both (most of its cost).
-_PLAIN_URL = re.compile(r"([a-z][a-z0-9+.\-]*://[^/?#@\[\]]+(?:/[^?#]*)?)\?([^#]+)")
-_PLAIN_PATH = re.compile(r"([^/?#:][^?#:]*)\?([^#]+)")
-
-
-def _split_plain_url(url: str) -> tuple[str, str] | None:
-    """(everything before the first ``?``, the query) for a URL of a plain shape, else None."""
-    if not url.isascii() or not url.isprintable() or " " in url:
-        return None
-    match = _PLAIN_URL.fullmatch(url) or _PLAIN_PATH.fullmatch(url)
-    return (match[1], match[2]) if match else None
-
-
-_QUERY_SECRET = re.compile(r"(?P<key>[?&;][\w.\-]+=)(?P<value>[^&\s\"'\\]+)")
-
-
-def redact_text(text: str) -> str:
-    """A coarse safety net for free text (reject bodies): blank every ``?key=value`` value."""
-    return _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
-
-
 def reject_body(obj: Any) -> str:
-    """A rejected object as text for the rejects table, with anything URL-like redacted."""
+    """A rejected object as text for the rejects table: its JSON, every string in it redacted as a
+    stored field is, NUL characters and lone surrogates kept as the escapes they came as (the
+    text is ASCII), and cut past what a TEXT column takes."""
+    redacted = Walk(clean=False, redact=redact_text, longest=MAX_TEXT_BYTES).value(obj)
     try:
-        text = json.dumps(obj, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        text = repr(obj)
-    return redact_text(text)
+        text = json.dumps(redacted, sort_keys=True, default=str)
+    except TypeError:  # keys of types that do not sort together
+        text = json.dumps(redacted, default=str)
+    return bounded_text(text)
 
 
 def _parse_time(value: Any, key: str, problems: list[str]) -> datetime | None:
@@ -233,7 +257,12 @@ def _parse_text(value: Any, key: str, limit: int, problems: list[str], *, number
     if len(value) > limit:
         problems.append(f"{key}: longer than {limit} characters")
         return None
-    return value
+    if value.isascii() and "\x00" not in value:  # the common case, without a call
+        return value
+    storable = storable_text(value)
+    if storable is not value:
+        problems.append(f"{key}: NUL characters or lone surrogates replaced by U+FFFD")
+    return storable
 
 
 def _json_type(value: Any) -> str:

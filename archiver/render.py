@@ -18,7 +18,16 @@ def cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """Text for the terminal: every character that is not printable (escape sequences and other
+    controls, line breaks, bidirectional overrides, lone surrogates) as a Python escape, so that
+    upstream text can neither drive the terminal nor break a table's lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in text)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -6,21 +6,20 @@ Every function takes a connection; the caller (the poll cycle) decides transacti
 from __future__ import annotations
 
 import functools
-import json
-import os
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Engine, Executable, Table, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from archiver import sqlitefile
 from archiver.errors import ConfigError
 from archiver.models import ACTIVE, DETAIL_PRIORITY, BrowserSession, RejectedRecord, SessionVersion, SyncRun
 from archiver.records import STATE_FIELDS
+from archiver.storable import bounded_text, json_bytes
 
 BATCH_SIZE = 500
 sessions_table: Table = BrowserSession.__table__  # type: ignore[assignment]
@@ -108,15 +107,26 @@ _TOUCH_REHASHED = (
 )
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout."""
+def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+    """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout.
+
+    ``read_only`` is for the commands that only read: a SQLite archive is opened read-only (so a
+    read-only mount, or a file the user may only read, serves them) and never created.
+    """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        port = parsed.port
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError("ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL") from None
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"ARCHIVER_DATABASE_URL: port {port} is not between 1 and 65535")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        _create_private_file(parsed.database)
+        path = sqlitefile.archive_path(parsed)
+        if path is not None and read_only:
+            parsed = sqlitefile.read_only(parsed, path)
+        elif path is not None:
+            sqlitefile.create_private(path)
         if "timeout" not in parsed.query:  # a ?timeout=SECONDS in the URL wins
             kwargs.setdefault("connect_args", {"timeout": 30})
     else:
@@ -131,32 +141,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         extra = DRIVER_EXTRAS.get(backend)
         hint = f"; install it with pip install 'browser-session-archiver[{extra}]'" if extra else ""
         raise ConfigError(f"ARCHIVER_DATABASE_URL: no database driver for {parsed.drivername}{hint}") from exc
-    if backend == "sqlite":
+    if backend == "sqlite" and not read_only:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
 def json_text(value: Any) -> str:
-    """The text of a JSON column's value: orjson's (a tenth of json.dumps' time, and a cycle
-    writes every raw document at least twice), json.dumps' for what orjson refuses (integers
-    beyond 64 bits, lone surrogates). orjson writes NaN as null, json.dumps as NaN, which is not
-    JSON: no database's JSON functions read it back."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
-
-
-def _create_private_file(database: str | None) -> None:
-    # Create the file ourselves so that the archive (DevTools URLs, close reasons) is readable
-    # by its owner only, whatever the umask.
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    try:
-        fd = os.open(database, os.O_CREAT | os.O_WRONLY, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"ARCHIVER_DATABASE_URL: cannot create the SQLite database file: {exc.strerror}") from exc
-    os.close(fd)
+    """The text of a JSON column's value, as every database takes it (see storable.json_bytes)."""
+    return json_bytes(value).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -311,6 +303,10 @@ def open_run(conn: Connection, account_id: str, worker: str, started_at: datetim
 
 
 def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None:
+    """Close a ledger row. Its error may quote upstream text: it is made storable first."""
+    error = values.get("error")
+    if error is not None:
+        values = {**values, "error": bounded_text(error)}
     conn.execute(_FINISH_RUN, {"run": run_id, **values})
 
 

@@ -148,6 +148,7 @@ def test_config_file_and_env_precedence(tmp_path: Path, served: tuple[Emulator, 
         f'api_token = "{emulator.token}"\naccount_id = ["{emulator.account_ids[0]}"]\n'
         f'base_url = "{server.base_url}"\ndatabase_url = "sqlite:///{tmp_path / "file.db"}"\nrate_limit = 100\n'
     )
+    config.chmod(0o600)  # it holds the token
     result = run(["--config", str(config), "sync", "--auto-migrate"], {}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "file.db").exists()

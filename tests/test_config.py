@@ -25,9 +25,10 @@ DB_PASSWORD = "pw-Zq8xV2mK0rT"
 DB_URL = f"postgresql+psycopg://archiver:{DB_PASSWORD}@db.internal:5432/archive"
 
 
-def write_toml(tmp_path: Path, text: str) -> Path:
+def write_toml(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     path = tmp_path / "archiver.toml"
     path.write_text(text, encoding="utf-8")
+    path.chmod(mode)  # a file holding a secret must be private
     return path
 
 

@@ -381,6 +381,8 @@ REDACT_CASES = [
     ("https://host.example/p?wss=h%2Fp%3Fjwt%3Dt1", "https://host.example/p?wss=h/p?jwt=REDACTED"),
     ("http://[::1/p?jwt=abc", REDACTED),
     ("devtoolsFrontendUrl", "devtoolsFrontendUrl"),
+    ("wss://h.example/devtools/browser/x;jwt=abc", "wss://h.example/devtools/browser/x;jwt=REDACTED"),
+    ("https://h.example/a;s3cr3t/b;k=/c?x=1", "https://h.example/a;REDACTED/b;k=/c?x=REDACTED"),
 ]
 
 
@@ -401,6 +403,8 @@ REDACT_CASES = [
         "percent-encoded-nested",
         "unparseable",
         "not-a-url",
+        "path-parameter",
+        "bare-and-blank-path-parameters",
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
@@ -499,6 +503,47 @@ def test_merge_fills_from_a_previous_row_with_extra_columns() -> None:
     assert merged["end_time"] is None
 
 
+@pytest.mark.parametrize(
+    ("changes", "cleared"),
+    [
+        ({"connectionId": "conn-2"}, True),
+        ({"connectionStartTime": START_MS + 70_000}, True),
+        ({"connectionId": "conn-1", "connectionStartTime": START_MS + 1_000.25}, False),
+        ({}, False),
+    ],
+    ids=["another-id", "another-start", "same-connection", "says-nothing-of-it"],
+)
+def test_merge_of_another_connection_keeps_nothing_of_the_previous_one(changes: dict[str, Any], cleared: bool) -> None:
+    # The first connection ended; the new observation carries no connectionEndTime at all.
+    known = merge_state(None, parse_session(realistic(endTime=None)))
+    observed = {k: v for k, v in realistic(endTime=None, **changes).items() if k != "connectionEndTime"}
+    if not changes:
+        observed = {k: v for k, v in observed.items() if not k.startswith("connection")}
+    merged = merge_state(known, parse_session(observed))
+    assert (merged["connection_end_time"] is None) is cleared
+    if cleared:
+        assert merged["connection_id"] == parse_session(observed).fields["connection_id"]
+        assert merged["connection_start_time"] == parse_session(observed).fields["connection_start_time"]
+    assert merged["start_time"] == known["start_time"]  # the session's own facts stay
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"endTime": START_MS - 1}, "endTime: before startTime (stored as observed)"),
+        ({"connectionEndTime": START_MS + 1_000}, "connectionEndTime: before connectionStartTime (stored as observed)"),
+        ({"endTime": START_MS}, None),
+        ({"startTime": None, "endTime": START_MS - 1}, None),
+    ],
+    ids=["end-before-start", "connection-end-before-its-start", "zero-length", "start-unknown"],
+)
+def test_an_end_before_its_start_is_kept_and_noted(changes: dict[str, Any], problem: str | None) -> None:
+    obj = realistic(**changes)
+    record = parse_session(obj)
+    assert record.fields["end_time"] == (None if obj["endTime"] is None else ms_to_datetime(obj["endTime"]))
+    assert list(record.problems) == ([problem] if problem else [])
+
+
 def _state(**changes: Any) -> dict[str, Any]:
     return {**merge_state(None, parse_session(realistic(endTime=None))), **changes}
 
@@ -537,13 +582,18 @@ REDACT_TEXT_CASES = [
     ("nothing to hide here", "nothing to hide here"),
     ("key=value without a question mark", "key=value without a question mark"),
     ("q?a.b-c=1", "q?a.b-c=REDACTED"),
+    ("lost wss://user:pw@h/p#token=abc.", "lost wss://REDACTED@h/p#REDACTED"),
+    ("see h/p#token=abc", "see h/p#token=REDACTED"),
+    # A URL runs to a space or a quote: a closing parenthesis goes with the token it may end.
+    ("(https://h/ui?wss=live.browser.run/x?jwt=abc) x", "(https://h/ui?wss=live.browser.run/x?jwt=REDACTED x"),
 ]
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     REDACT_TEXT_CASES,
-    ids=["url-in-message", "json-quoted", "semicolon", "plain", "no-query", "dotted-key"],
+    ids=["url-in-message", "json-quoted", "semicolon", "plain", "no-query", "dotted-key", "userinfo-and-fragment",
+         "fragment-without-scheme", "nested-devtools-url-as-a-field-has-it"],
 )
 def test_redact_text(text: str, expected: str) -> None:
     assert redact_text(text) == expected
@@ -807,6 +857,16 @@ def redact_url_generally(url: str, depth: int = 0) -> str:
         netloc = parts.netloc
         if "@" in netloc:
             netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+        segments = []
+        for segment in parts.path.split("/"):
+            name, *params = segment.split(";")
+            for param in params:
+                key, has_value, value = param.partition("=")
+                if has_value:
+                    name += f";{key}={REDACTED if value else ''}"
+                else:
+                    name += f";{REDACTED if param else ''}"
+            segments.append(name)
         items = []
         for item in parts.query.split("&") if parts.query else []:
             key, has_value, value = item.partition("=")
@@ -816,7 +876,7 @@ def redact_url_generally(url: str, depth: int = 0) -> str:
                 items.append(f"{key}={redact_url_generally(unquote(value), depth + 1)}")
             else:
                 items.append(f"{key}={REDACTED if value else ''}")
-        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(items), REDACTED if parts.fragment else ""))
+        return urlunsplit((parts.scheme, netloc, "/".join(segments), "&".join(items), REDACTED if parts.fragment else ""))
     except ValueError:
         return REDACTED
 
@@ -824,7 +884,7 @@ def redact_url_generally(url: str, depth: int = 0) -> str:
 url_pieces = st.sampled_from(
     ["https://", "wss://", "HTTP://", "ws:", "//", "h.example", "[::1]", "[", "user:pw@", "@", ":9222", "/", "/a/b",
      "?", "?x=", "&", "=", "jwt=abc", "wss=", "live.browser.run/x?jwt=t", "%3F", "#", "#frag", " ", "\t", "\n", "é",
-     ":", "a:b", "\x00", "x"]
+     ":", "a:b", "\x00", "x", ";", ";jwt=t", "=t"]
 )
 
 
