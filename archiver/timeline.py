@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, union_all
 
+from archiver import reasons
 from archiver.errors import InputError
 from archiver.models import ACTIVE, STATUSES
 from archiver.reports.window import Window, account_filter, still_open_after, where_all
@@ -78,7 +79,7 @@ def _span(row: Any) -> Span:
 
 def _reason(row: Any) -> str:
     if row["close_reason"] is not None:
-        return str(row["close_reason"])
+        return str(reasons.name(row["close_reason"]))
     if row["end_time"] is not None:
         return NO_REASON
     return STILL_OPEN if row["status"] == ACTIVE else END_UNKNOWN

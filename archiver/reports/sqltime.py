@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float
+from sqlalchemy import Float, case
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -31,6 +31,26 @@ class seconds_between(FunctionElement[float]):  # noqa: N801 - reads like the SQ
 
     def __init__(self, start: ColumnElement[Any], end: ColumnElement[Any]) -> None:
         super().__init__(start, end)
+
+
+class epoch_seconds(FunctionElement[float]):  # noqa: N801
+    """A timestamp as seconds since the Unix epoch (a float), NULL when it is NULL."""
+
+    type = Float()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+    def __init__(self, when: ColumnElement[Any]) -> None:
+        super().__init__(when)
+
+
+def duration_seconds(start: ColumnElement[Any], end: ColumnElement[Any]) -> ColumnElement[float]:
+    """``end - start`` in seconds; NULL when either is unknown or the end comes before the start.
+
+    An end before its start is an impossible pair, kept in the archive as observed: no duration
+    can be read from it.
+    """
+    return case((end >= start, seconds_between(start, end)), else_=None)
 
 
 class time_bucket(FunctionElement[Any]):  # noqa: N801
@@ -70,6 +90,27 @@ def _seconds_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: A
 def _seconds_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
     start, end = _args(element, compiler, **kw)
     return f"(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000.0)"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    # 2440587.5 is the Julian day of 1970-01-01 00:00 UTC; rounded to the millisecond, as above.
+    return f"ROUND((julianday({when}) - 2440587.5) * 86400.0, 3)"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    return f"CAST(EXTRACT(EPOCH FROM {when}) AS DOUBLE PRECISION)"
+
+
+@compiles(epoch_seconds, "mysql")
+@compiles(epoch_seconds, "mariadb")
+def _epoch_mysql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    # Not UNIX_TIMESTAMP(): it reads a DATETIME in the connection's time zone, and ours hold UTC.
+    return f"(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {when}) / 1000000.0)"
 
 
 @compiles(time_bucket, "sqlite")
