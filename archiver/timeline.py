@@ -14,12 +14,12 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, union_all
+from sqlalchemy import Connection
 
 from archiver import reasons
 from archiver.errors import InputError
 from archiver.models import ACTIVE, STATUSES
-from archiver.reports.window import Window, account_filter, still_open_after, where_all
+from archiver.reports.window import Window, open_during
 from archiver.store import sessions_table
 
 s = sessions_table.c
@@ -49,12 +49,9 @@ class Span:
 
 def load_spans(conn: Connection, window: Window, *, account: str | None = None) -> list[Span]:
     """Every session open at some moment of the window, by start time."""
-    start = s.start_time
     columns = (s.session_id, s.account_id, s.status, s.start_time, s.end_time, s.first_seen_at, s.last_seen_at,
                s.vanished_at, s.gone_at, s.close_reason, s.close_reason_text)
-    started = or_(start < window.until, and_(start.is_(None), s.first_seen_at < window.until))
-    branches = [select(*columns).where(started, *conditions) for conditions in still_open_after(window.since)]
-    stmt = union_all(*(where_all(branch, account_filter(account)) for branch in branches))
+    stmt = open_during(window, *columns, account=account)
     rows = conn.execute(stmt.limit(MAX_SESSIONS + 1)).mappings().all()
     if len(rows) > MAX_SESSIONS:
         raise InputError(f"more than {MAX_SESSIONS} sessions in the window: choose a shorter one (or one --account)")

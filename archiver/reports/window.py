@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Connection, Select, and_, func, or_, select, union_all
 
 from archiver.errors import InputError
 from archiver import reasons
@@ -75,6 +75,13 @@ def still_open_after(when: datetime) -> list[tuple[ColumnElement[bool], ...]]:
         (s.end_time.is_(None), s.vanished_at > when),
         (s.end_time.is_(None), s.vanished_at.is_(None), or_(s.status == ACTIVE, s.gone_at.is_(None), s.gone_at > when)),
     ]
+
+
+def open_during(window: Window, *columns: ColumnElement[Any], account: str | None = None) -> CompoundSelect:
+    """``columns`` of the sessions that were open, or maybe open, at some moment of the window."""
+    started = or_(s.start_time < window.until, and_(s.start_time.is_(None), s.first_seen_at < window.until))
+    branches = [select(*columns).where(started, *conditions) for conditions in still_open_after(window.since)]
+    return union_all(*(where_all(branch, account_filter(account)) for branch in branches))
 
 
 def account_filter(account: str | None) -> ColumnElement[bool] | None:
