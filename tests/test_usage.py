@@ -20,8 +20,9 @@ from sqlalchemy import Engine
 
 from archiver.errors import InputError
 from archiver.reports import stats
-from archiver.reports.spans import peaks
-from archiver.reports.usage import Pricing, bill, edges, nearest_hour, usage
+from archiver.reports.spans import Intervals
+from archiver.reports.periods import edges
+from archiver.reports.usage import Pricing, bill, nearest_hour, usage
 from archiver.reports.window import Window, sessions_in
 from tests.usage_data import C, D, D0, NAMES, NOW, h
 
@@ -181,10 +182,24 @@ def test_an_end_before_the_start_has_no_duration(usage_archive: Engine) -> None:
     ],
     ids=["touching", "nested", "carried", "spanning", "zero-length", "ties", "none"],
 )
-def test_peaks(intervals: list[tuple[float, float]], edges_: list[float], expected: list[int]) -> None:
-    starts = sorted(a for a, _ in intervals)
-    ends = sorted(b for _, b in intervals)
-    assert peaks(starts, ends, edges_) == expected
+def test_peaks(intervals: list[tuple[int, int]], edges_: list[int], expected: list[int]) -> None:
+    assert Intervals([a for a, _ in intervals], [b for _, b in intervals]).peaks(edges_) == expected
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "count", "total"),
+    [
+        (0, 100, 4, 10 + 15 + 0 + 40), (0, 10, 2, 10), (10, 20, 1, 5), (20, 60, 2, 10 + 20), (5, 5, 1, 0),
+        (60, 100, 1, 20), (80, 100, 0, 0), (-50, 0, 0, 0),
+    ],
+    ids=["all", "first-and-the-instant", "after-an-end", "partial", "empty-period-at-an-instant", "tail", "after",
+         "before"],
+)
+def test_interval_counts_and_totals(lo: int, hi: int, count: int, total: int) -> None:
+    # [0, 10), [15, 30), an instant at 5, [40, 80)
+    intervals = Intervals([0, 15, 5, 40], [10, 30, 5, 80])
+    assert (intervals.count(lo, hi), intervals.total_ms(lo, hi)) == (count, total)
+    assert [intervals.level_at(t) for t in (0, 5, 10, 15, 79, 80)] == [1, 1, 0, 1, 1, 0]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float, case
+from sqlalchemy import BigInteger, Float, case
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -33,12 +33,12 @@ class seconds_between(FunctionElement[float]):  # noqa: N801 - reads like the SQ
         super().__init__(start, end)
 
 
-class epoch_seconds(FunctionElement[float]):  # noqa: N801
-    """A timestamp as seconds since the Unix epoch (a float), NULL when it is NULL."""
+class epoch_ms(FunctionElement[int]):  # noqa: N801
+    """A timestamp as whole milliseconds since the Unix epoch, NULL when it is NULL."""
 
-    type = Float()
+    type = BigInteger()
     inherit_cache = True
-    name = "epoch_seconds"
+    name = "epoch_ms"
 
     def __init__(self, when: ColumnElement[Any]) -> None:
         super().__init__(when)
@@ -92,25 +92,25 @@ def _seconds_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -
     return f"(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000.0)"
 
 
-@compiles(epoch_seconds, "sqlite")
-def _epoch_sqlite(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(epoch_ms, "sqlite")
+def _epoch_sqlite(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
     (when,) = _args(element, compiler, **kw)
-    # 2440587.5 is the Julian day of 1970-01-01 00:00 UTC; rounded to the millisecond, as above.
-    return f"ROUND((julianday({when}) - 2440587.5) * 86400.0, 3)"
+    # 2440587.5 is the Julian day of 1970-01-01 00:00 UTC; the double is good to the millisecond.
+    return f"CAST(ROUND((julianday({when}) - 2440587.5) * 86400000.0) AS INTEGER)"
 
 
-@compiles(epoch_seconds, "postgresql")
-def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(epoch_ms, "postgresql")
+def _epoch_postgresql(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
     (when,) = _args(element, compiler, **kw)
-    return f"CAST(EXTRACT(EPOCH FROM {when}) AS DOUBLE PRECISION)"
+    return f"CAST(ROUND(EXTRACT(EPOCH FROM {when}) * 1000) AS BIGINT)"
 
 
-@compiles(epoch_seconds, "mysql")
-@compiles(epoch_seconds, "mariadb")
-def _epoch_mysql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(epoch_ms, "mysql")
+@compiles(epoch_ms, "mariadb")
+def _epoch_mysql(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
     (when,) = _args(element, compiler, **kw)
     # Not UNIX_TIMESTAMP(): it reads a DATETIME in the connection's time zone, and ours hold UTC.
-    return f"(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {when}) / 1000000.0)"
+    return f"CAST(ROUND(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {when}) / 1000) AS SIGNED)"
 
 
 @compiles(time_bucket, "sqlite")

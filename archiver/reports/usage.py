@@ -25,21 +25,19 @@ browsers, at a price per browser. A month the window covers in part is estimated
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, select
 
 from archiver.errors import InputError
+from archiver.reports.periods import edges, floor, until_now
 from archiver.reports.result import Result, result
-from archiver.reports.spans import SessionSpan, by_account, concurrency, load_spans, overlap
+from archiver.reports.spans import IDLE, KNOWN_END, PLATFORM, Intervals, Spans, load_spans, ms
 from archiver.reports.window import Window
 from archiver.store import runs_table
 
 PERIODS = ("day", "month")
-HOUR = 3600.0
 FIGURES = (
     "sessions", "sessions_max", "browser_hours", "browser_hours_max", "peak_concurrency", "peak_concurrency_max",
     "unknown_end_sessions", "platform_sessions", "platform_hours", "idle_hours",
@@ -65,68 +63,34 @@ class Pricing:
                 "concurrent (the month's average of daily peaks); hours of sessions ended by the platform are left out")
 
 
-@dataclass
-class Tally:
-    """One account's figures over one period; times in seconds."""
+@dataclass(frozen=True)
+class Figures:
+    """One account's spans, read as the intervals each figure totals (all in ms)."""
 
-    sessions: int = 0
-    sessions_max: int = 0
-    seconds: float = 0.0
-    seconds_max: float = 0.0
-    unknown_end: int = 0
-    platform_sessions: int = 0
-    platform_seconds: float = 0.0
-    idle_seconds: float = 0.0
-    daily_peaks: list[int] = field(default_factory=list)
-    daily_peaks_max: list[int] = field(default_factory=list)
+    surely: Intervals
+    at_most: Intervals
+    platform: Intervals
+    idle: Intervals
+    unknown_end: Intervals
 
-    def add(self, span: SessionSpan, lo: float, hi: float, keepalive: float) -> None:
-        """Count the part of a span that falls in [lo, hi); the caller knows it may."""
-        surely = span.start >= lo or span.sure_end > lo
-        sure = overlap(span.start, span.sure_end, lo, hi)
-        self.sessions += surely
-        self.sessions_max += 1
-        self.seconds += sure
-        self.seconds_max += overlap(span.start, span.max_end, lo, hi)
-        self.unknown_end += not span.end_known
-        if span.platform and surely:
-            self.platform_sessions += 1
-            self.platform_seconds += sure
-        if span.idle:
-            self.idle_seconds += overlap(max(span.start, span.sure_end - keepalive), span.sure_end, lo, hi)
+    @classmethod
+    def of(cls, spans: Spans, keepalive_ms: int) -> Figures:
+        idle = spans.having(IDLE | KNOWN_END)
+        # The last keep-alive period before a session closed as idle (all of it, if shorter).
+        idle_starts = [max(start, end - keepalive_ms) for start, end in zip(idle.starts, idle.sure_ends, strict=True)]
+        return cls(
+            surely=spans.surely(), at_most=spans.at_most(), platform=spans.having(PLATFORM).surely(),
+            idle=Intervals(idle_starts, idle.sure_ends),
+            unknown_end=spans.having(KNOWN_END, present=False).at_most(),
+        )
 
-
-def floor(when: datetime, by: str) -> datetime:
-    """The start of the UTC day or month that holds ``when``."""
-    day = when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if by == "day" else day.replace(day=1)
-
-
-def following(start: datetime, by: str) -> datetime:
-    """The start of the next day or month."""
-    return start + timedelta(days=1) if by == "day" else (start + timedelta(days=32)).replace(day=1)
-
-
-def edges(window: Window, by: str) -> list[datetime]:
-    """The window's start, every UTC midnight (or first of the month) inside it, and its end."""
-    cuts = [window.since]
-    cut = following(floor(window.since, by), by)
-    while cut < window.until:
-        cuts.append(cut)
-        cut = following(cut, by)
-    return [*cuts, window.until]
-
-
-def tally(spans: Sequence[SessionSpan], cuts: Sequence[float], keepalive: float) -> list[Tally]:
-    """Each period's figures [cuts[k], cuts[k + 1]) over one account's spans."""
-    tallies = [Tally() for _ in cuts[1:]]
-    last = len(tallies)
-    for span in spans:
-        k = max(bisect_right(cuts, span.start) - 1, 0)
-        while k < last and (cuts[k] < span.max_end or cuts[k] <= span.start < cuts[k + 1]):
-            tallies[k].add(span, cuts[k], cuts[k + 1], keepalive)
-            k += 1
-    return tallies
+    def period(self, lo: int, hi: int) -> list[object]:
+        """The figures of [lo, hi) but the peaks, in FIGURES' order."""
+        return [
+            self.surely.count(lo, hi), self.at_most.count(lo, hi), _hours(self.surely.total_ms(lo, hi)),
+            _hours(self.at_most.total_ms(lo, hi)), self.unknown_end.count(lo, hi), self.platform.count(lo, hi),
+            _hours(self.platform.total_ms(lo, hi)), _hours(self.idle.total_ms(lo, hi)),
+        ]
 
 
 def nearest_hour(hours: float) -> int:
@@ -148,25 +112,22 @@ def usage(conn: Connection, window: Window, now: datetime, *, by: str = "day", a
     with the estimated bill per month; lower and upper bounds where ends are unknown."""
     if by not in PERIODS:
         raise InputError(f"cannot total by {by!r}: use day or month")
-    if window.since >= now:
-        raise InputError("the window begins after now: there is no usage to report yet")
-    window = Window(window.since, min(window.until, now))
-    spans = by_account(load_spans(conn, window, now, account=account))
+    window = until_now(window, now)
+    spans = load_spans(conn, window, now, account=account)
     accounts = sorted(set(spans) | _polled(conn, window, account) | ({account} if account else set()))
     periods = edges(window, by)
-    days = edges(window, "day")
+    days = [ms(day) for day in edges(window, "day")]
     rows = []
     for account_id in accounts:
-        own = spans.get(account_id, [])
-        tallies = tally(own, [p.timestamp() for p in periods], pricing.idle_keepalive_seconds)
-        sure_peaks, max_peaks = concurrency(own, [d.timestamp() for d in days])
-        for k, t in enumerate(tallies):
-            in_period = [i for i, d in enumerate(days[:-1]) if periods[k] <= d < periods[k + 1]]
-            t.daily_peaks = [sure_peaks[i] for i in in_period]
-            t.daily_peaks_max = [max_peaks[i] for i in in_period]
-            rows.append(_row(account_id, periods[k], periods[k + 1], t, by, pricing))
+        figures = Figures.of(spans.get(account_id, Spans()), round(pricing.idle_keepalive_seconds * 1000))
+        daily = list(zip(figures.surely.peaks(days), figures.at_most.peaks(days), strict=True))
+        for start, end in zip(periods, periods[1:]):
+            lo, hi = ms(start), ms(end)
+            peaks = [daily[k] for k, day in enumerate(days[:-1]) if lo <= day < hi]
+            rows.append(_row(account_id, start, end, figures.period(lo, hi), peaks, by, pricing))
     columns = ["period", "account_id", *FIGURES, *(BILL if by == "month" else ()), "period_start", "period_end"]
-    return result(columns, rows, _notes(rows, columns, window, by, pricing), BRIEF + (("estimated_usd",) if by == "month" else ()))
+    brief = BRIEF + (("estimated_usd",) if by == "month" else ())
+    return result(columns, rows, _notes(rows, columns, window, by, pricing), brief)
 
 
 def _polled(conn: Connection, window: Window, account: str | None) -> set[str]:
@@ -178,24 +139,24 @@ def _polled(conn: Connection, window: Window, account: str | None) -> set[str]:
     return set(conn.scalars(stmt))
 
 
-def _row(account_id: str, start: datetime, end: datetime, t: Tally, by: str, pricing: Pricing) -> tuple[object, ...]:
+def _row(account_id: str, start: datetime, end: datetime, figures: list[object], peaks: list[tuple[int, int]],
+         by: str, pricing: Pricing) -> tuple[object, ...]:
     label = f"{start:%Y-%m-%d}" if by == "day" else f"{start:%Y-%m}"
-    figures: list[object] = [
-        t.sessions, t.sessions_max, _hours(t.seconds), _hours(t.seconds_max),
-        max(t.daily_peaks, default=0), max(t.daily_peaks_max, default=0), t.unknown_end, t.platform_sessions,
-        _hours(t.platform_seconds), _hours(t.idle_seconds),
-    ]
+    sure_peaks, max_peaks = [p for p, _ in peaks], [p for _, p in peaks]
+    # FIGURES' order: the two peaks come after the sessions and hours.
+    row = [*figures[:4], max(sure_peaks, default=0), max(max_peaks, default=0), *figures[4:]]
     if by == "month":
-        days = max(len(t.daily_peaks), 1)
-        avg, avg_max = sum(t.daily_peaks) / days, sum(t.daily_peaks_max) / days
-        billed, usd = bill((t.seconds - t.platform_seconds) / HOUR, avg, pricing)
-        billed_max, usd_max = bill((t.seconds_max - t.platform_seconds) / HOUR, avg_max, pricing)
-        figures += [round(avg, 3), round(avg_max, 3), billed, billed_max, usd, usd_max]
-    return (label, account_id, *figures, start, end)
+        days = max(len(peaks), 1)
+        avg, avg_max = sum(sure_peaks) / days, sum(max_peaks) / days
+        hours, hours_max, platform_hours = figures[2], figures[3], figures[6]
+        billed, usd = bill(hours - platform_hours, avg, pricing)  # type: ignore[operator]
+        billed_max, usd_max = bill(hours_max - platform_hours, avg_max, pricing)  # type: ignore[operator]
+        row += [round(avg, 3), round(avg_max, 3), billed, billed_max, usd, usd_max]
+    return (label, account_id, *row, start, end)
 
 
-def _hours(seconds: float) -> float:
-    return round(seconds / HOUR, 6)
+def _hours(milliseconds: int) -> float:
+    return round(milliseconds / 3_600_000, 6)
 
 
 def _notes(rows: list[tuple[object, ...]], columns: list[str], window: Window, by: str, pricing: Pricing) -> list[str]:
