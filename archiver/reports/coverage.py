@@ -68,27 +68,31 @@ def coverage(conn: Connection, window: Window, now: datetime, *, by: str | None 
     """Per account and period (the whole window, or each hour or day): the archive's own record of it."""
     window = until_now(window, now)
     cuts = edges(window, by)
+    periods: dict[str, list[Cycles]] = {}
 
-    def fresh() -> list[Cycles]:
-        return [Cycles() for _ in cuts[1:]]
+    def period(account_id: str, when: datetime) -> Cycles:
+        if account_id not in periods:
+            periods[account_id] = [Cycles() for _ in cuts[1:]]
+        return periods[account_id][bisect_right(cuts, when) - 1]
 
-    periods = {account_id: fresh() for account_id in _accounts(conn, account)}
+    for account_id in _accounts(conn, account):
+        period(account_id, window.since)
     stmt = select(r.account_id, r.started_at, r.listing_complete, r.outcome, r.throttled, r.throttled_seconds,
                   r.details_carried).where(window.holds(r.started_at))
     if account is not None:
         stmt = stmt.where(r.account_id == account)
     for account_id, started, complete, outcome, throttled, throttled_seconds, carried in conn.execute(stmt):
-        period = periods.setdefault(account_id, fresh())[bisect_right(cuts, started) - 1]
-        period.cycles += 1
+        cycles = period(account_id, started)
+        cycles.cycles += 1
         if complete:
-            period.complete.append(started)
+            cycles.complete.append(started)
         elif outcome != "running":
-            period.incomplete += 1
-        period.throttled += throttled
-        period.throttled_seconds += throttled_seconds
-        period.worst_backlog = max(period.worst_backlog or 0, carried)
+            cycles.incomplete += 1
+        cycles.throttled += throttled
+        cycles.throttled_seconds += throttled_seconds
+        cycles.worst_backlog = max(cycles.worst_backlog or 0, carried)
     for account_id, vanished in conn.execute(_unknown_ends(window, account)):
-        periods.setdefault(account_id, fresh())[bisect_right(cuts, vanished) - 1].unknown_ends += 1
+        period(account_id, vanished).unknown_ends += 1
     rows = []
     for account_id in sorted(periods):
         for k, p in enumerate(periods[account_id]):
