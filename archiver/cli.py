@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -398,6 +398,42 @@ def report_coverage(app: App, since: datetime, until: datetime, by: str | None, 
     """How far the archive can be trusted: gaps between complete listings, incomplete ones, 429s, backlog, unknown ends."""
     with app.archive().connect() as conn:
         return _show(coverage.coverage(conn, Window(since, until), app.now, by=by, account=account), fmt)
+
+
+@report.command("incident")
+@click.option("--at", "at", type=TIME, required=True, help="The moment of the incident (same forms as --since).")
+@click.option("--before", default="30m", show_default=True, help="How far back the window reaches from --at.")
+@click.option("--after", default="30m", show_default=True, help="How far on the window reaches from --at.")
+@account_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="FILE.md (Markdown) or FILE.html (with the timeline picture).")
+@pass_app
+def report_incident(app: App, at: datetime, before: str, after: str, account: str | None, output: Path) -> int:
+    """One document for a post-incident review: open sessions, closes against the days before, concurrency, coverage."""
+    from archiver import document
+    from archiver.reports.incident import incident
+    from archiver.timeline import build_timeline
+
+    kind = document.format_of(output)
+    reach = {name: _age(name, text) for name, text in (("--before", before), ("--after", after))}
+    with app.archive().connect() as conn:
+        review = incident(conn, at, reach["--before"], reach["--after"], app.now, account=account)
+        if kind == "html":
+            page, _count = build_timeline(conn, review.window, account=account)
+            text = document.html_page(review, page)
+        else:
+            text = document.markdown(review)
+    with _open_output(output) as out:
+        out.write(text)
+    click.echo(f"wrote {output}")
+    return 0
+
+
+def _age(option: str, text: str) -> timedelta:
+    try:
+        return timeparse.parse_age(text)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
 
 
 @report.command("runs")
