@@ -4,7 +4,7 @@ Hours are after D0 = 2026-10-31 00:00 UTC; "now" is 2026-11-02 00:00 (48 h). Eac
 (start -> surely until -> at most until), in hours:
 
     long -12 -> 60            old-code -1 -> 0.5 ("1000")   normal-code 10 -> 11 ("1")
-    normal-name 10.5 -> 10.75 idle-code 12 -> 12.5 ("2")   idle-short 13 -> 13 h 0 m 30 s (BrowserIdle)
+    normal-name 10.5 -> 10.75 idle-code 12 -> 12.5 ("2")   idle-short 12.25 -> 12 h 15 m 30 s (BrowserIdle)
     evicted 22 -> 24.5        month-end 23 -> 25            vanished 23.5 -> 23 h 50 m -> 24 h 20 m
     crashed 26 -> 27          gone 29 -> 30 -> 30.5         impossible 32 -> 32.5 -> 32 h 40 m (end
     no-start 33 -> 33.25      active 34 -> 35 -> now          recorded before start: first listing on)

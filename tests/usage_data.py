@@ -38,7 +38,7 @@ SESSIONS = [
     _session("normal-code", start=10, end=11, reason="1", text="Normal closure"),
     _session("normal-name", start=10.5, end=10.75, reason="NormalClosure", text="Normal closure"),
     _session("idle-code", start=12, end=12.5, reason="2", text="Browser idle"),
-    _session("idle-short", start=13, end=13 + 0.5 * MINUTE, reason="BrowserIdle", text="Browser idle"),
+    _session("idle-short", start=12.25, end=12.25 + 0.5 * MINUTE, reason="BrowserIdle", text="Browser idle"),
     _session("month-end", start=23, end=25, reason="1", text="Normal closure"),
     _session("crashed", start=26, end=27, reason="ChromiumCrashed", text="Chromium crashed"),
     _session("evicted", start=22, end=24.5, reason="SessionEvicted", text="Session evicted"),
