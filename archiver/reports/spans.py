@@ -64,21 +64,22 @@ class Spans:
     max_ends: list[int] = field(default_factory=list)
     kinds: list[int] = field(default_factory=list)
 
-    def surely(self) -> Intervals:
-        """Every span, to its sure end."""
-        return Intervals(self.starts, self.sure_ends)
+    def intervals(self, bits: int = 0, *, present: bool = True, latest: bool = False) -> Intervals:
+        """The spans whose kind has all of ``bits`` (with ``present=False``: none of them), each to its
+        sure end or, with ``latest``, its latest possible one."""
+        return Intervals(*self.pairs(bits, present=present, latest=latest))
 
-    def at_most(self) -> Intervals:
-        """Every span, to its latest possible end."""
-        return Intervals(self.starts, self.max_ends)
+    def pairs(self, bits: int = 0, *, present: bool = True, latest: bool = False) -> tuple[list[int], list[int]]:
+        """The starts and ends of those spans, in the same order."""
+        ends = self.max_ends if latest else self.sure_ends
+        if not bits:
+            return self.starts, ends
 
-    def having(self, bits: int, *, present: bool = True) -> Spans:
-        """The spans whose kind has all of ``bits`` (or, with ``present=False``, none of them)."""
         def mask() -> Iterator[bool]:
             common = map(and_, self.kinds, repeat(bits))
             return map(eq, common, repeat(bits)) if present else map(not_, common)
 
-        return Spans(*(list(compress(column, mask())) for column in (self.starts, self.sure_ends, self.max_ends, self.kinds)))
+        return list(compress(self.starts, mask())), list(compress(ends, mask()))
 
 
 class Intervals:
@@ -175,27 +176,28 @@ def _span_query(window: Window, now: datetime, account: str | None) -> Subquery:
             + case((s.close_reason.in_(IDLE_VALUES), IDLE), else_=0))
     columns = (
         s.account_id, epoch_ms(start).label("start"), epoch_ms(func.coalesce(known_end, s.last_seen_at)).label("sure"),
-        epoch_ms(func.coalesce(known_end, latest)).label("latest"), kind.label("kind"),
+        func.coalesce(epoch_ms(func.coalesce(known_end, latest)), ms(now)).label("latest"), kind.label("kind"),
     )
-    raw = open_during(window, *columns, account=account).subquery("raw")
-    # An end before the start (a session without a start time, first listed after its end) is
-    # no time at all; an active session may run until now.
-    sure_end = case((raw.c.sure < raw.c.start, raw.c.start), else_=raw.c.sure)
-    max_end = func.coalesce(raw.c.latest, ms(now))
-    return select(
-        raw.c.account_id, raw.c.start, sure_end.label("sure_end"),
-        case((max_end < sure_end, sure_end), else_=max_end).label("max_end"), raw.c.kind,
-    ).subquery("spans")
+    return open_during(window, *columns, account=account).subquery("spans")
 
 
 def load_spans(conn: Connection, window: Window, now: datetime, *, account: str | None = None) -> dict[str, Spans]:
     """Per account, the spans of every session open, or maybe open, at some moment of the window."""
     spans = _span_query(window, now, account)
-    values = (spans.c.start, spans.c.sure_end, spans.c.max_end, spans.c.kind)
+    values = (spans.c.start, spans.c.sure, spans.c.latest, spans.c.kind)
     if conn.dialect.name in PACKED_DIALECTS:
         stmt = select(spans.c.account_id, *map(json_list, values)).group_by(spans.c.account_id)
-        return {row[0]: Spans(*map(orjson.loads, row[1:])) for row in conn.execute(stmt)}
-    grouped: dict[str, list[Sequence[int]]] = {}
-    for account_id, *row in conn.execute(select(spans.c.account_id, *values)):
-        grouped.setdefault(account_id, []).append(row)
-    return {account_id: Spans(*map(list, zip(*rows, strict=True))) for account_id, rows in grouped.items()}
+        columns = {row[0]: [orjson.loads(document) for document in row[1:]] for row in conn.execute(stmt)}
+    else:
+        grouped: dict[str, list[Sequence[int]]] = {}
+        for account_id, *row in conn.execute(select(spans.c.account_id, *values)):
+            grouped.setdefault(account_id, []).append(row)
+        columns = {account_id: [list(column) for column in zip(*rows, strict=True)] for account_id, rows in grouped.items()}
+    return {account_id: _clamped(*lists) for account_id, lists in columns.items()}
+
+
+def _clamped(starts: list[int], sure: list[int], latest: list[int], kinds: list[int]) -> Spans:
+    # An end before the start (a session without a start time, first listed after its end) is no
+    # time at all, and the latest possible end is never before the sure one.
+    sure_ends = list(map(max, sure, starts))
+    return Spans(starts, sure_ends, list(map(max, latest, sure_ends)), kinds)

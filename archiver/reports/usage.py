@@ -75,13 +75,12 @@ class Figures:
 
     @classmethod
     def of(cls, spans: Spans, keepalive_ms: int) -> Figures:
-        idle = spans.having(IDLE | KNOWN_END)
+        starts, ends = spans.pairs(IDLE | KNOWN_END)
         # The last keep-alive period before a session closed as idle (all of it, if shorter).
-        idle_starts = [max(start, end - keepalive_ms) for start, end in zip(idle.starts, idle.sure_ends, strict=True)]
+        idle_starts = [max(start, end - keepalive_ms) for start, end in zip(starts, ends, strict=True)]
         return cls(
-            surely=spans.surely(), at_most=spans.at_most(), platform=spans.having(PLATFORM).surely(),
-            idle=Intervals(idle_starts, idle.sure_ends),
-            unknown_end=spans.having(KNOWN_END, present=False).at_most(),
+            surely=spans.intervals(), at_most=spans.intervals(latest=True), platform=spans.intervals(PLATFORM),
+            idle=Intervals(idle_starts, ends), unknown_end=spans.intervals(KNOWN_END, present=False, latest=True),
         )
 
     def period(self, lo: int, hi: int) -> list[object]:

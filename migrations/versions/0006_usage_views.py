@@ -232,7 +232,11 @@ bounds AS (
     SELECT {d.day_number('MIN(start_s)')} AS first_day, {d.day_number('MAX(max_s)')} AS last_day FROM spans
 ),
 {d.day_series()},
-accounts AS (SELECT account_id FROM browser_sessions UNION SELECT account_id FROM sync_runs),
+accounts AS (
+    SELECT account_id FROM browser_sessions GROUP BY account_id
+    UNION
+    SELECT account_id FROM sync_runs GROUP BY account_id
+),
 pieces AS (
     SELECT p.account_id, {first_day} AS n, p.sure_s - p.start_s AS sure_seconds,
            p.max_s - p.start_s AS max_seconds, 1 AS surely, 1 AS maybe, 1 - p.known AS unknown
