@@ -29,6 +29,16 @@ SLICE_MINUTES = (1, 5, 15, 60, 6 * 60, 24 * 60)
 MAX_SLICES = 24
 OPEN_COLUMNS = ("open", "session_id", "account_id", "status", "start_time", "end_time", "close_reason",
                 "close_reason_text", "note")
+OPEN_NOTE = ("\"maybe\": the session's end is unknown; it was last listed before the moment and had left the "
+             "listing by the time the note gives.")
+CLOSES_NOTE = ("Sessions that ended in the window, counted under the documented reason; a session whose end is "
+               "unknown counts when it left the listing. \"above_every_day_before\" marks a reason more frequent "
+               "now than in the same window on any of the days before: a likely factor.")
+SLICES_NOTE = ("Each figure is a lower bound and its _max an upper bound: sessions whose end is unknown count until "
+               "last listed in the first and until they left the listing in the second.")
+COVERAGE_NOTE = ("A session that started and ended inside a stretch without a complete listing may be missing from "
+                 "the archive; one whose end is unknown ended between its last listing and the first complete "
+                 "listing without it. Throttled time is time Cloudflare's 429s held the archiver's requests back.")
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,6 @@ class Incident:
     """The whole review: a title, the key figures, and the sections."""
 
     title: str
-    at: datetime
     window: Window
     account: str | None
     generated: datetime
@@ -73,19 +82,7 @@ def incident(conn: Connection, at: datetime, before: timedelta, after: timedelta
     ]
     summary = [*opened.notes, _closes_summary(closes), *_busy_lines(busy), *_coverage_lines(covered)]
     title = f"Incident review: {cell(at)} UTC" + (f", account {account}" if account else "")
-    return Incident(title, at, window, account, now, summary, sections)
-
-
-OPEN_NOTE = ("\"maybe\": the session's end is unknown; it was last listed before the moment and had left the "
-             "listing by the time the note gives.")
-CLOSES_NOTE = ("Sessions that ended in the window, counted under the documented reason; a session whose end is "
-               "unknown counts when it left the listing. \"above_every_day_before\" marks a reason more frequent "
-               "now than in the same window on any of the days before: a likely factor.")
-SLICES_NOTE = ("Each figure is a lower bound and its _max an upper bound: sessions whose end is unknown count until "
-               "last listed in the first and until they left the listing in the second.")
-COVERAGE_NOTE = ("A session that started and ended inside a stretch without a complete listing may be missing from "
-                 "the archive; one whose end is unknown ended between its last listing and the first complete "
-                 "listing without it. Throttled time is time Cloudflare's 429s held the archiver's requests back.")
+    return Incident(title, window, account, now, summary, sections)
 
 
 def _narrowed(answer: Result, columns: tuple[str, ...]) -> Result:

@@ -94,9 +94,6 @@ class Intervals:
         self._instants = Counter(compress(starts, map(eq, starts, ends)))
         self._levels: tuple[list[int], list[int]] | None = None
 
-    def __len__(self) -> int:
-        return len(self.starts)
-
     def count(self, lo: int, hi: int) -> int:
         """Intervals open at some moment of [lo, hi), or starting in it."""
         return bisect_left(self.starts, hi) - bisect_right(self.ends, lo) + self._instants[lo]

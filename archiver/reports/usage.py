@@ -83,13 +83,16 @@ class Figures:
             idle=Intervals(idle_starts, ends), unknown_end=spans.intervals(KNOWN_END, present=False, latest=True),
         )
 
-    def period(self, lo: int, hi: int) -> list[object]:
-        """The figures of [lo, hi) but the peaks, in FIGURES' order."""
-        return [
-            self.surely.count(lo, hi), self.at_most.count(lo, hi), _hours(self.surely.total_ms(lo, hi)),
-            _hours(self.at_most.total_ms(lo, hi)), self.unknown_end.count(lo, hi), self.platform.count(lo, hi),
-            _hours(self.platform.total_ms(lo, hi)), _hours(self.idle.total_ms(lo, hi)),
-        ]
+    def period(self, lo: int, hi: int, daily_peaks: list[tuple[int, int]]) -> dict[str, float]:
+        """The FIGURES of [lo, hi), given the (sure, at most) peaks of its days."""
+        return {
+            "sessions": self.surely.count(lo, hi), "sessions_max": self.at_most.count(lo, hi),
+            "browser_hours": _hours(self.surely.total_ms(lo, hi)), "browser_hours_max": _hours(self.at_most.total_ms(lo, hi)),
+            "peak_concurrency": max((p for p, _ in daily_peaks), default=0),
+            "peak_concurrency_max": max((p for _, p in daily_peaks), default=0),
+            "unknown_end_sessions": self.unknown_end.count(lo, hi), "platform_sessions": self.platform.count(lo, hi),
+            "platform_hours": _hours(self.platform.total_ms(lo, hi)), "idle_hours": _hours(self.idle.total_ms(lo, hi)),
+        }
 
 
 def nearest_hour(hours: float) -> int:
@@ -123,7 +126,11 @@ def usage(conn: Connection, window: Window, now: datetime, *, by: str = "day", a
         for start, end in zip(periods, periods[1:]):
             lo, hi = ms(start), ms(end)
             peaks = [daily[k] for k, day in enumerate(days[:-1]) if lo <= day < hi]
-            rows.append(_row(account_id, start, end, figures.period(lo, hi), peaks, by, pricing))
+            values = figures.period(lo, hi, peaks)
+            if by == "month":
+                values |= _bill(values, peaks, pricing)
+            label = f"{start:%Y-%m-%d}" if by == "day" else f"{start:%Y-%m}"
+            rows.append((label, account_id, *(values[name] for name in FIGURES + BILL if name in values), start, end))
     columns = ["period", "account_id", *FIGURES, *(BILL if by == "month" else ()), "period_start", "period_end"]
     brief = BRIEF + (("estimated_usd",) if by == "month" else ())
     return result(columns, rows, _notes(rows, columns, window, by, pricing), brief)
@@ -138,20 +145,14 @@ def _polled(conn: Connection, window: Window, account: str | None) -> set[str]:
     return set(conn.scalars(stmt))
 
 
-def _row(account_id: str, start: datetime, end: datetime, figures: list[object], peaks: list[tuple[int, int]],
-         by: str, pricing: Pricing) -> tuple[object, ...]:
-    label = f"{start:%Y-%m-%d}" if by == "day" else f"{start:%Y-%m}"
-    sure_peaks, max_peaks = [p for p, _ in peaks], [p for _, p in peaks]
-    # FIGURES' order: the two peaks come after the sessions and hours.
-    row = [*figures[:4], max(sure_peaks, default=0), max(max_peaks, default=0), *figures[4:]]
-    if by == "month":
-        days = max(len(peaks), 1)
-        avg, avg_max = sum(sure_peaks) / days, sum(max_peaks) / days
-        hours, hours_max, platform_hours = figures[2], figures[3], figures[6]
-        billed, usd = bill(hours - platform_hours, avg, pricing)  # type: ignore[operator]
-        billed_max, usd_max = bill(hours_max - platform_hours, avg_max, pricing)  # type: ignore[operator]
-        row += [round(avg, 3), round(avg_max, 3), billed, billed_max, usd, usd_max]
-    return (label, account_id, *row, start, end)
+def _bill(values: dict[str, float], peaks: list[tuple[int, int]], pricing: Pricing) -> dict[str, float]:
+    """The month's BILL columns: hours ended by the platform left out, concurrency averaged over its days."""
+    days = max(len(peaks), 1)
+    avg, avg_max = sum(p for p, _ in peaks) / days, sum(p for _, p in peaks) / days
+    billed, usd = bill(values["browser_hours"] - values["platform_hours"], avg, pricing)
+    billed_max, usd_max = bill(values["browser_hours_max"] - values["platform_hours"], avg_max, pricing)
+    return {"avg_daily_peak": round(avg, 3), "avg_daily_peak_max": round(avg_max, 3), "billed_hours": billed,
+            "billed_hours_max": billed_max, "estimated_usd": usd, "estimated_usd_max": usd_max}
 
 
 def _hours(milliseconds: int) -> float:
