@@ -90,6 +90,12 @@ def test_incident_of_an_account_that_ran_nothing(usage_archive: Engine) -> None:
     assert (opened.rows, closes.rows, slices.rows) == ([], [], [])
     assert busy.rows == [(D, 0, 0, 0, 0, 0, 0)] and covered.column("account_id") == [D]
     assert answer.title == f"Incident review: 2026-11-01 00:10:00 UTC, account {D}"
+    assert answer.summary[1:3] == [
+        "0 session(s) ended in the window. The archive holds no close in the same window on the 7 days before to "
+        "compare with.",
+        f"Account {D}: 0 open at the moment (0 at most); the window's peak was 0 (0 at most); the archive holds no "
+        "session in the 7 days before it to compare with.",
+    ]
     assert "## Closes by reason" in document.markdown(answer) and "_(none)_" in document.markdown(answer)
 
 

@@ -156,10 +156,13 @@ def concurrency_around(conn: Connection, at: datetime, window: Window, now: date
 def _busy_lines(busy: Result) -> list[str]:
     lines = []
     for account_id, open_now, open_max, peak, peak_max, recent, recent_max in busy.rows:
-        verdict = ("above" if peak > recent_max else "below" if peak_max < recent else "within the range of")
-        lines.append(f"Account {account_id}: {open_now} open at the moment ({open_max} at most); the window's peak "
-                     f"was {peak} ({peak_max} at most), {verdict} the highest of the {DAYS_BEFORE} days before it, "
-                     f"{recent} ({recent_max} at most).")
+        line = (f"Account {account_id}: {open_now} open at the moment ({open_max} at most); the window's peak was "
+                f"{peak} ({peak_max} at most)")
+        if not recent_max:
+            lines.append(f"{line}; the archive holds no session in the {DAYS_BEFORE} days before it to compare with.")
+            continue
+        verdict = "above" if peak > recent_max else "below" if peak_max < recent else "within the range of"
+        lines.append(f"{line}, {verdict} the highest of the {DAYS_BEFORE} days before it, {recent} ({recent_max} at most).")
     return lines
 
 
@@ -168,7 +171,9 @@ def _closes_summary(closes: Result) -> str:
     by_reason = ", ".join(f"{row[0]} {row[1]}" for row in closes.rows if row[1])
     standing = [row[0] for row in closes.rows if row[-1]]
     line = f"{total} session(s) ended in the window" + (f": {by_reason}." if by_reason else ".")
-    if standing:
+    if not any(row[-2] for row in closes.rows):
+        line += f" The archive holds no close in the same window on the {DAYS_BEFORE} days before to compare with."
+    elif standing:
         line += f" More than on any of the {DAYS_BEFORE} days before: {', '.join(standing)}."
     return line
 
