@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from archiver import store
+from archiver import migrate, store
 from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
 
 A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -131,3 +132,14 @@ def build(engine: Engine) -> None:
         store.upsert(conn, store.sessions_table, list(SESSIONS.values()), store.SESSION_KEY)
         store.insert_rows(conn, store.versions_table, versions())
         store.insert_rows(conn, store.runs_table, runs())
+
+
+def sqlite_env(folder: Path, build_archive: Callable[[Engine], None] = build) -> tuple[dict[str, str], Path]:
+    """A migrated SQLite archive in ``folder`` written by ``build_archive``: the environment that points
+    the command at it, and the folder to run the command in."""
+    url = f"sqlite:///{folder / 'archive.db'}"
+    engine = store.make_engine(url)
+    migrate.upgrade(engine)
+    build_archive(engine)
+    engine.dispose()
+    return {"ARCHIVER_DATABASE_URL": url}, folder

@@ -21,12 +21,7 @@ from tests.test_cli import run
 
 @pytest.fixture(scope="module")
 def archive_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    folder = tmp_path_factory.mktemp("cli-reports")
-    engine = make_engine(f"sqlite:///{folder / 'archive.db'}")
-    migrate.upgrade(engine)
-    data.build(engine)
-    engine.dispose()
-    return {"ARCHIVER_DATABASE_URL": f"sqlite:///{folder / 'archive.db'}"}, folder
+    return data.sqlite_env(tmp_path_factory.mktemp("cli-reports"))
 
 
 AT = "2026-11-20T12:20:30Z"

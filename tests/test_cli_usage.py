@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver import migrate
-from archiver.store import make_engine
 from tests import usage_data
+from tests.archive_data import sqlite_env
 from tests.browser import chromium, dump_dom  # noqa: F401 - chromium is a fixture
 from tests.test_cli import run
 from tests.test_incident import SECTIONS, Frames
@@ -24,12 +23,7 @@ Env = tuple[dict[str, str], Path]
 
 @pytest.fixture(scope="module")
 def usage_env(tmp_path_factory: pytest.TempPathFactory) -> Env:
-    folder = tmp_path_factory.mktemp("usage-cli")
-    engine = make_engine(f"sqlite:///{folder / 'archive.db'}")
-    migrate.upgrade(engine)
-    usage_data.build(engine)
-    engine.dispose()
-    return {"ARCHIVER_DATABASE_URL": f"sqlite:///{folder / 'archive.db'}"}, folder
+    return sqlite_env(tmp_path_factory.mktemp("usage-cli"), usage_data.build)
 
 
 def formats(env: Env, args: list[str]) -> dict[str, str]:
