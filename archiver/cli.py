@@ -297,7 +297,7 @@ def _show(result: Result, fmt: str) -> int:
 
 @cli.group()
 def report() -> None:
-    """Audit reports: who was open when, why sessions closed, how long they lasted, what the cycles did, usage and its bill."""
+    """Audit reports: who was open when, why sessions closed, how long they lasted, what the cycles did, the bill."""
 
 
 @report.command("active-at")

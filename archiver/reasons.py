@@ -28,10 +28,9 @@ class Reason:
     platform: bool = False
 
 
-NORMAL = Reason("NormalClosure", "1", "Normal closure")
 IDLE = Reason("BrowserIdle", "2", "Browser idle")
 DOCUMENTED = (
-    NORMAL,
+    Reason("NormalClosure", "1", "Normal closure"),
     IDLE,
     Reason("ConnectionError", None, "Connection error"),
     Reason("ChromiumCrashed", None, "Chromium crashed", platform=True),
@@ -42,8 +41,10 @@ DOCUMENTED = (
 ALIASES: dict[str, str] = {
     value: reason.name for reason in DOCUMENTED for value in (reason.name, reason.code, reason.text) if value
 }
-BY_NAME = {reason.name: reason for reason in DOCUMENTED}
 PLATFORM_NAMES = frozenset(reason.name for reason in DOCUMENTED if reason.platform)
+# The stored values of the reasons the platform caused, and of idle closes.
+PLATFORM_VALUES = sorted(raw for raw, alias in ALIASES.items() if alias in PLATFORM_NAMES)
+IDLE_VALUES = sorted(raw for raw, alias in ALIASES.items() if alias == IDLE.name)
 
 
 def name(raw: str | None) -> str | None:
@@ -62,12 +63,7 @@ def stored_values(reason: str) -> list[str]:
 
 def is_platform(raw: str | None) -> bool:
     """Whether a stored close reason says Cloudflare's infrastructure ended the session."""
-    return name(raw) in PLATFORM_NAMES
-
-
-def is_idle(raw: str | None) -> bool:
-    """Whether a stored close reason says the browser closed after its keep-alive ran out."""
-    return name(raw) == IDLE.name
+    return raw in PLATFORM_VALUES
 
 
 def name_of(stored: ColumnElement[Any]) -> ColumnElement[Any]:

@@ -65,10 +65,13 @@ def _ms(when: datetime | None) -> int | None:
 
 
 def _span(row: Any) -> Span:
-    start = row["start_time"] or row["first_seen_at"]
+    start, end = row["start_time"], row["end_time"]
+    if start is not None and end is not None and end < start:
+        # An impossible pair, kept as observed: drawn as a session whose start and end are unknown.
+        start = end = None
     return Span(
         session_id=row["session_id"], account_id=row["account_id"], status=row["status"],
-        start=_ms(start) or 0, end=_ms(row["end_time"]), last_seen=_ms(row["last_seen_at"]) or 0,
+        start=_ms(start or row["first_seen_at"]) or 0, end=_ms(end), last_seen=_ms(row["last_seen_at"]) or 0,
         vanished=_ms(row["vanished_at"] or row["gone_at"]),
         reason=_reason(row), reason_text=row["close_reason_text"],
     )
@@ -77,7 +80,7 @@ def _span(row: Any) -> Span:
 def _reason(row: Any) -> str:
     if row["close_reason"] is not None:
         return str(reasons.name(row["close_reason"]))
-    if row["end_time"] is not None:
+    if row["end_time"] is not None and not (row["start_time"] and row["end_time"] < row["start_time"]):
         return NO_REASON
     return STILL_OPEN if row["status"] == ACTIVE else END_UNKNOWN
 

@@ -27,8 +27,8 @@ def test_name(stored: str | None, expected: str | None) -> None:
 def test_platform_and_idle_reasons() -> None:
     assert [r for r in ("1", "2", "ChromiumCrashed", "Session evicted", "ConnectionError", "1000", None)
             if reasons.is_platform(r)] == ["ChromiumCrashed", "Session evicted"]
-    assert [r for r in ("1", "2", "BrowserIdle", "Browser idle", "1000") if reasons.is_idle(r)] == [
-        "2", "BrowserIdle", "Browser idle"]
+    assert reasons.PLATFORM_VALUES == ["Chromium crashed", "ChromiumCrashed", "Session evicted", "SessionEvicted"]
+    assert reasons.IDLE_VALUES == ["2", "Browser idle", "BrowserIdle"]
 
 
 def test_stored_values_of_a_name_a_code_and_an_unknown_value() -> None:

@@ -10,7 +10,8 @@ is known the two agree.
 
 A session whose recorded end comes before its start is an impossible pair, kept in the archive as
 observed: neither time is used, and it counts like a session whose start and end are unknown,
-from its first listing to the bounds above.
+from its first listing to the bounds above. It is found, like every session, through the index on
+end times, by the end it records: a window that begins after that recorded end leaves it out.
 
 Times here are whole milliseconds since the Unix epoch. A month holds hundreds of thousands of
 sessions: the database sends each account's as one JSON document, parsed in C, and the figures
@@ -43,8 +44,6 @@ from archiver.store import sessions_table
 s = sessions_table.c
 # Bits of a span's kind.
 KNOWN_END, PLATFORM, IDLE = 1, 2, 4
-PLATFORM_VALUES = sorted(raw for raw, name in reasons.ALIASES.items() if name in reasons.PLATFORM_NAMES)
-IDLE_VALUES = reasons.stored_values(reasons.IDLE.name)
 # MariaDB caps an aggregated JSON document at group_concat_max_len (1 MiB by default) and cuts
 # the rest off: there, rows come one by one.
 PACKED_DIALECTS = ("sqlite", "postgresql")
@@ -169,8 +168,8 @@ def _span_query(window: Window, now: datetime, account: str | None) -> Subquery:
     latest = case((s.status == ACTIVE, None),
                   else_=func.coalesce(s.vanished_at, s.gone_at, s.last_detail_at, s.last_seen_at))
     kind = (case((known_end.is_(None), 0), else_=KNOWN_END)
-            + case((s.close_reason.in_(PLATFORM_VALUES), PLATFORM), else_=0)
-            + case((s.close_reason.in_(IDLE_VALUES), IDLE), else_=0))
+            + case((s.close_reason.in_(reasons.PLATFORM_VALUES), PLATFORM), else_=0)
+            + case((s.close_reason.in_(reasons.IDLE_VALUES), IDLE), else_=0))
     columns = (
         s.account_id, epoch_ms(start).label("start"), epoch_ms(func.coalesce(known_end, s.last_seen_at)).label("sure"),
         func.coalesce(epoch_ms(func.coalesce(known_end, latest)), ms(now)).label("latest"), kind.label("kind"),

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, CompoundSelect, Connection, Select, and_, func, or_, select, union_all
 
-from archiver.errors import InputError
 from archiver import reasons
+from archiver.errors import InputError
 from archiver.models import ACTIVE, STATUSES
 from archiver.reports.result import Result, result
 from archiver.reports.sqltime import duration_seconds
