@@ -142,7 +142,7 @@ def concurrency_around(conn: Connection, at: datetime, window: Window, now: date
     busy, slices = [], []
     for account_id in sorted(set(spans) | polled):
         own = spans.get(account_id, Spans())
-        surely, at_most = own.intervals(), own.intervals(latest=True)
+        surely, at_most = own.bounds()
         sure_slices, max_slices = surely.peaks(edges), at_most.peaks(edges)
         busy.append((account_id, surely.level_at(ms(at)), at_most.level_at(ms(at)), max(sure_slices),
                      max(max_slices), max(surely.peaks(days)), max(at_most.peaks(days))))

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate, compress, count, repeat
-from operator import add, and_, eq, mul, not_, sub
+from operator import eq, sub
 from typing import Any
 
 import orjson
@@ -54,48 +54,69 @@ def ms(when: datetime) -> int:
     return round(when.timestamp() * 1000)
 
 
+Group = tuple[list[int], list[int], list[int]]  # starts, sure ends, latest possible ends
+
+
 @dataclass
 class Spans:
-    """One account's sessions as parallel lists: start, sure end, latest possible end (ms), kind bits."""
+    """One account's sessions, grouped by kind (its bits): the starts, sure ends and latest
+    possible ends of each group, as parallel lists of ms."""
 
-    starts: list[int] = field(default_factory=list)
-    sure_ends: list[int] = field(default_factory=list)
-    max_ends: list[int] = field(default_factory=list)
-    kinds: list[int] = field(default_factory=list)
-
-    def intervals(self, bits: int = 0, *, present: bool = True, latest: bool = False) -> Intervals:
-        """The spans whose kind has all of ``bits`` (with ``present=False``: none of them), each to its
-        sure end or, with ``latest``, its latest possible one."""
-        return Intervals(*self.pairs(bits, present=present, latest=latest))
+    groups: dict[int, Group] = field(default_factory=dict)
 
     def pairs(self, bits: int = 0, *, present: bool = True, latest: bool = False) -> tuple[list[int], list[int]]:
-        """The starts and ends of those spans, in the same order."""
-        ends = self.max_ends if latest else self.sure_ends
-        if not bits:
-            return self.starts, ends
+        """The starts and ends (sure, or latest possible) of the spans whose kind has all of ``bits``
+        (with ``present=False``: none of them), in the same order."""
+        starts: list[int] = []
+        ends: list[int] = []
+        for kind, (group_starts, sure_ends, max_ends) in sorted(self.groups.items()):
+            if (kind & bits == bits) if present else not kind & bits:
+                starts += group_starts
+                ends += max_ends if latest else sure_ends
+        return starts, ends
 
-        def mask() -> Iterator[bool]:
-            common = map(and_, self.kinds, repeat(bits))
-            return map(eq, common, repeat(bits)) if present else map(not_, common)
+    def intervals(self, bits: int = 0, *, present: bool = True, latest: bool = False) -> Intervals:
+        """Those spans as intervals."""
+        return Intervals(*self.pairs(bits, present=present, latest=latest))
 
-        return list(compress(self.starts, mask())), list(compress(ends, mask()))
+    def bounds(self) -> tuple[Intervals, Intervals]:
+        """Every span to its sure end, and to its latest possible one (sorting the starts once)."""
+        starts, sure_ends = self.pairs()
+        surely = Intervals(starts, sure_ends)
+        return surely, surely.ending(starts, self.pairs(latest=True)[1])
+
+
+class Sorted:
+    """Values in order, with their prefix sums."""
+
+    def __init__(self, values: Sequence[int]) -> None:
+        self.values = sorted(values)
+        self.sums = [0, *accumulate(self.values)]
+
+    def clamped_sum(self, lo: int, hi: int) -> int:
+        """The sum of min(max(v - lo, 0), hi - lo) over the values."""
+        first, last = bisect_right(self.values, lo), bisect_left(self.values, hi)
+        inside = self.sums[last] - self.sums[first] - (last - first) * lo
+        return inside + (len(self.values) - last) * (hi - lo)
 
 
 class Intervals:
     """Half-open intervals [start, end) in ms, answering per period [lo, hi) in O(log n) each."""
 
-    def __init__(self, starts: Sequence[int], ends: Sequence[int]) -> None:
-        self.starts = sorted(starts)
-        self.ends = sorted(ends)
-        self._start_sums = [0, *accumulate(self.starts)]
-        self._end_sums = [0, *accumulate(self.ends)]
+    def __init__(self, starts: Sequence[int], ends: Sequence[int], *, sorted_starts: Sorted | None = None) -> None:
+        self.starts = sorted_starts or Sorted(starts)
+        self.ends = Sorted(ends)
         # A session with no time at all is open at no moment: it still counts where it started.
         self._instants = Counter(compress(starts, map(eq, starts, ends)))
-        self._levels: tuple[list[int], list[int]] | None = None
+        self._levels: list[int] | None = None
+
+    def ending(self, starts: Sequence[int], ends: Sequence[int]) -> Intervals:
+        """The same intervals (``starts`` in the order given here before) with other ends."""
+        return Intervals(starts, ends, sorted_starts=self.starts)
 
     def count(self, lo: int, hi: int) -> int:
         """Intervals open at some moment of [lo, hi), or starting in it."""
-        return bisect_left(self.starts, hi) - bisect_right(self.ends, lo) + self._instants[lo]
+        return bisect_left(self.starts.values, hi) - bisect_right(self.ends.values, lo) + self._instants[lo]
 
     def total_ms(self, lo: int, hi: int) -> int:
         """The length of every interval, clipped to [lo, hi), summed.
@@ -103,39 +124,32 @@ class Intervals:
         An interval's clipped length is f(end) - f(start) with f(t) = min(max(t - lo, 0), hi - lo),
         so the sum splits into a sum over the sorted ends less one over the sorted starts.
         """
-        return self._clamped_sum(self.ends, self._end_sums, lo, hi) - self._clamped_sum(self.starts, self._start_sums, lo, hi)
-
-    @staticmethod
-    def _clamped_sum(values: list[int], sums: list[int], lo: int, hi: int) -> int:
-        first, last = bisect_right(values, lo), bisect_left(values, hi)
-        inside = sums[last] - sums[first] - (last - first) * lo
-        return inside + (len(values) - last) * (hi - lo)
+        return self.ends.clamped_sum(lo, hi) - self.starts.clamped_sum(lo, hi)
 
     def peaks(self, edges: Sequence[int]) -> list[int]:
-        """The most intervals open at once in each period [edges[k], edges[k + 1])."""
-        keys, levels = self._sweep()
+        """The most intervals open at once in each period [edges[k], edges[k + 1]).
+
+        The count rises only where an interval starts: the peak of a period is the count at its
+        start, or the count just after one of the starts inside it.
+        """
+        starts, levels = self.starts.values, self._levels_after_starts()
         result = []
         for lo, hi in zip(edges, edges[1:]):
-            # Events are keyed 2t for an end and 2t + 1 for a start: at equal times ends come
-            # first, so an interval ending as another starts does not overlap it.
-            first = bisect_right(keys, 2 * lo + 1)
-            last = bisect_left(keys, 2 * hi, first)
-            at_lo = levels[first - 1] if first else 0
+            first, last = bisect_right(starts, lo), bisect_left(starts, hi)
+            at_lo = self.level_at(lo)
             result.append(max(at_lo, max(levels[first:last], default=at_lo)))
         return result
 
     def level_at(self, when: int) -> int:
         """How many intervals are open at the moment ``when``."""
-        return bisect_right(self.starts, when) - bisect_right(self.ends, when)
+        return bisect_right(self.starts.values, when) - bisect_right(self.ends.values, when)
 
-    def _sweep(self) -> tuple[list[int], list[int]]:
-        """Every start and end as a key (sorted), and how many intervals are open after each."""
+    def _levels_after_starts(self) -> list[int]:
+        """For the k-th start (in order): how many intervals are open just after it, k + 1 less those
+        that ended by then (an interval ending as another starts does not overlap it)."""
         if self._levels is None:
-            # Two sorted runs: the sort merges them in one pass.
-            keys = sorted([*map(add, map(mul, self.starts, repeat(2)), repeat(1)), *map(mul, self.ends, repeat(2))])
-            # After k + 1 events of which n started something, 2n - (k + 1) are open.
-            started = accumulate(map(and_, keys, repeat(1)))
-            self._levels = (keys, list(map(sub, map(mul, started, repeat(2)), count(1))))
+            ended = map(bisect_right, repeat(self.ends.values), self.starts.values)
+            self._levels = list(map(sub, count(1), ended))
         return self._levels
 
 
@@ -180,20 +194,25 @@ def _span_query(window: Window, now: datetime, account: str | None) -> Subquery:
 def load_spans(conn: Connection, window: Window, now: datetime, *, account: str | None = None) -> dict[str, Spans]:
     """Per account, the spans of every session open, or maybe open, at some moment of the window."""
     spans = _span_query(window, now, account)
-    values = (spans.c.start, spans.c.sure, spans.c.latest, spans.c.kind)
+    keys = (spans.c.account_id, spans.c.kind)
+    values = (spans.c.start, spans.c.sure, spans.c.latest)
+    grouped: dict[str, Spans] = {}
     if conn.dialect.name in PACKED_DIALECTS:
-        stmt = select(spans.c.account_id, *map(json_list, values)).group_by(spans.c.account_id)
-        columns = {row[0]: [orjson.loads(document) for document in row[1:]] for row in conn.execute(stmt)}
-    else:
-        grouped: dict[str, list[Sequence[int]]] = {}
-        for account_id, *row in conn.execute(select(spans.c.account_id, *values)):
-            grouped.setdefault(account_id, []).append(row)
-        columns = {account_id: [list(column) for column in zip(*rows, strict=True)] for account_id, rows in grouped.items()}
-    return {account_id: _clamped(*lists) for account_id, lists in columns.items()}
+        stmt = select(*keys, *map(json_list, values)).group_by(*keys)
+        for account_id, kind, *documents in conn.execute(stmt):
+            grouped.setdefault(account_id, Spans()).groups[kind] = _clamped(*map(orjson.loads, documents))
+        return grouped
+    rows: dict[tuple[str, int], list[Sequence[int]]] = {}
+    for account_id, kind, *row in conn.execute(select(*keys, *values)):
+        rows.setdefault((account_id, kind), []).append(row)
+    for (account_id, kind), group in rows.items():
+        starts, sure, latest = (list(column) for column in zip(*group, strict=True))
+        grouped.setdefault(account_id, Spans()).groups[kind] = _clamped(starts, sure, latest)
+    return grouped
 
 
-def _clamped(starts: list[int], sure: list[int], latest: list[int], kinds: list[int]) -> Spans:
+def _clamped(starts: list[int], sure: list[int], latest: list[int]) -> Group:
     # An end before the start (a session without a start time, first listed after its end) is no
     # time at all, and the latest possible end is never before the sure one.
     sure_ends = list(map(max, sure, starts))
-    return Spans(starts, sure_ends, list(map(max, latest, sure_ends)), kinds)
+    return starts, sure_ends, list(map(max, latest, sure_ends))

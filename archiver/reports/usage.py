@@ -78,9 +78,10 @@ class Figures:
         starts, ends = spans.pairs(IDLE | KNOWN_END)
         # The last keep-alive period before a session closed as idle (all of it, if shorter).
         idle_starts = [max(start, end - keepalive_ms) for start, end in zip(starts, ends, strict=True)]
+        surely, at_most = spans.bounds()
         return cls(
-            surely=spans.intervals(), at_most=spans.intervals(latest=True), platform=spans.intervals(PLATFORM),
-            idle=Intervals(idle_starts, ends), unknown_end=spans.intervals(KNOWN_END, present=False, latest=True),
+            surely=surely, at_most=at_most, platform=spans.intervals(PLATFORM), idle=Intervals(idle_starts, ends),
+            unknown_end=spans.intervals(KNOWN_END, present=False, latest=True),
         )
 
     def period(self, lo: int, hi: int, daily_peaks: list[tuple[int, int]]) -> dict[str, float]:
