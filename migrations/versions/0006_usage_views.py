@@ -23,6 +23,9 @@ it, ``browser_seconds`` (each session's time clipped to the day), ``peak_concurr
 session still listed), the plain columns being the lower bounds (until last seen). It covers every
 day from the first session's to the last one that may hold a session, and computes when read.
 Times are handled as seconds since the Unix epoch, so that every database compares numbers.
+
+Like those of 0003, ``browser_usage_daily`` names its tables (``browser_sessions`` and
+``sync_runs``): on SQLite, a later migration that has batch mode copy one of them drops it first.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ DAY = 86400
 
 
 def _views_0003() -> ModuleType:
-    # The dialects and the views as 0003 made them (for the downgrade); loaded from its file, as
-    # Alembic does: migration modules are not importable by name.
+    # 0003's dialects, which the views here extend, and its views: the concurrency view builds on
+    # its own, and the downgrade restores them. Loaded from its file, as Alembic loads it: migration
+    # modules are not importable by name.
     path = Path(__file__).with_name("0003_reporting_views.py")
     spec = importlib.util.spec_from_file_location("_archiver_migration_0003", path)
     assert spec is not None and spec.loader is not None
