@@ -81,7 +81,7 @@ def test_vanished_policy_fetches_only_vanished(engine: Engine, emulator: Emulato
 
 
 def test_close_reason_as_number_and_as_string_is_stored_as_text(engine: Engine) -> None:
-    for seed, style, expected in ((3, "number", "1000"), (4, "string", "NormalClosure")):
+    for seed, style, expected in ((3, "number", "1"), (4, "string", "NormalClosure")):
         emulator = Emulator(accounts=1, initial_sessions=0, seed=seed, speed=0.0, spawn_per_minute=0.0, close_reason_style=style)
         world = emulator.world(emulator.account_ids[0])
         with emulator.serve(port=0) as server:
