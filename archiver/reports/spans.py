@@ -14,8 +14,8 @@ from its first listing to the bounds above. It is found, like every session, thr
 end times, by the end it records: a window that begins after that recorded end leaves it out.
 
 Times here are whole milliseconds since the Unix epoch. A month holds hundreds of thousands of
-sessions: the database sends each account's as one JSON document, parsed in C, and the figures
-come from sorted lists and prefix sums instead of a Python loop per session.
+sessions: the database sends each account's, grouped by kind, as JSON arrays that are parsed in C,
+and the figures come from sorted lists and prefix sums instead of a Python loop per session.
 """
 
 from __future__ import annotations
