@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -25,7 +25,7 @@ from archiver.config import Settings, load_settings
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
 from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
-from archiver.reports import Result, Window, ledger, open_at, stats, story
+from archiver.reports import Result, Window, coverage, ledger, open_at, stats, story, usage
 from archiver.reports import export as exporting
 from archiver.reports import window as windows
 from archiver.store import make_engine
@@ -304,7 +304,7 @@ def _show(result: Result, fmt: str) -> int:
 
 @cli.group()
 def report() -> None:
-    """Audit reports: who was open when, why sessions closed, how long they lasted, what the cycles did."""
+    """Audit reports: who was open when, why sessions closed, how long they lasted, what the cycles did, the bill."""
 
 
 @report.command("active-at")
@@ -377,6 +377,70 @@ def report_session(app: App, session_id: str, account: str | None, fmt: str) -> 
             click.echo("\n" + table(["cycles", "value"], st.cycles.items()) + "\n")
         _show(st.events, fmt)
     return 0
+
+
+@report.command("usage")
+@since_option
+@until_option
+@click.option("--by", type=click.Choice(["day", "month"]), default="day", show_default=True,
+              help="Total per UTC day, or per month with the estimated bill.")
+@account_option
+@format_option()
+@pass_app
+def report_usage(app: App, since: datetime, until: datetime, by: str, account: str | None, fmt: str) -> int:
+    """Sessions, browser hours and peak concurrency per day or month, with the estimated bill; bounds where ends are unknown."""
+    pricing = _pricing(app.settings())
+    with app.archive().connect() as conn:
+        return _show(usage.usage(conn, Window(since, until), app.now, by=by, account=account, pricing=pricing), fmt)
+
+
+@report.command("coverage")
+@since_option
+@until_option
+@click.option("--by", type=click.Choice(["hour", "day"]), help="One row per UTC hour or day (else one for the window).")
+@account_option
+@format_option()
+@pass_app
+def report_coverage(app: App, since: datetime, until: datetime, by: str | None, account: str | None, fmt: str) -> int:
+    """How far the archive can be trusted: gaps between complete listings, incomplete ones, 429s, backlog, unknown ends."""
+    with app.archive().connect() as conn:
+        return _show(coverage.coverage(conn, Window(since, until), app.now, by=by, account=account), fmt)
+
+
+@report.command("incident")
+@click.option("--at", "at", type=TIME, required=True, help="The moment of the incident (same forms as --since).")
+@click.option("--before", default="30m", show_default=True, help="How far back the window reaches from --at.")
+@click.option("--after", default="30m", show_default=True, help="How far on the window reaches from --at.")
+@account_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="FILE.md (Markdown) or FILE.html (with the timeline picture).")
+@pass_app
+def report_incident(app: App, at: datetime, before: str, after: str, account: str | None, output: Path) -> int:
+    """One document for a post-incident review: open sessions, closes against the days before, concurrency, coverage."""
+    from archiver import document
+    from archiver.reports.incident import incident
+    from archiver.timeline import build_timeline
+
+    kind = document.format_of(output)
+    reach = {name: _age(name, text) for name, text in (("--before", before), ("--after", after))}
+    with app.archive().connect() as conn:
+        review = incident(conn, at, reach["--before"], reach["--after"], app.now, account=account)
+        if kind == "html":
+            page, _count = build_timeline(conn, review.window, account=account)
+            text = document.html_page(review, page)
+        else:
+            text = document.markdown(review)
+    with _open_output(output) as out:
+        out.write(text)
+    click.echo(f"wrote {output}")
+    return 0
+
+
+def _age(option: str, text: str) -> timedelta:
+    try:
+        return timeparse.parse_age(text)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
 
 
 @report.command("runs")
@@ -454,6 +518,15 @@ def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: 
     click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
     click.echo(table(["rows", verb], counts.items()))
     return 0
+
+
+def _pricing(settings: Settings) -> usage.Pricing:
+    return usage.Pricing(
+        price_browser_hour=settings.price_browser_hour, included_browser_hours=settings.included_browser_hours,
+        price_concurrent_browser=settings.price_concurrent_browser,
+        included_concurrent_browsers=settings.included_concurrent_browsers,
+        idle_keepalive_seconds=settings.idle_keepalive_seconds,
+    )
 
 
 def _open_output(path: Path) -> TextIO:

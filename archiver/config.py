@@ -53,6 +53,11 @@ ENV_NAMES: dict[str, str] = {
     "log_level": "ARCHIVER_LOG_LEVEL",
     "keep_url_tokens": "ARCHIVER_KEEP_URL_TOKENS",
     "allow_insecure_http": "ARCHIVER_ALLOW_INSECURE_HTTP",
+    "price_browser_hour": "ARCHIVER_PRICE_BROWSER_HOUR",
+    "included_browser_hours": "ARCHIVER_INCLUDED_BROWSER_HOURS",
+    "price_concurrent_browser": "ARCHIVER_PRICE_CONCURRENT_BROWSER",
+    "included_concurrent_browsers": "ARCHIVER_INCLUDED_CONCURRENT_BROWSERS",
+    "idle_keepalive_seconds": "ARCHIVER_IDLE_KEEPALIVE_SECONDS",
 }
 TOML_ALIASES = {"account_id": "account_ids"}
 
@@ -109,6 +114,13 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     keep_url_tokens: bool = False
     allow_insecure_http: bool = False
+    # Cloudflare's Browser Rendering pricing for Workers Paid (late 2026), for `report usage`.
+    price_browser_hour: float = Field(0.09, ge=0)
+    included_browser_hours: float = Field(10.0, ge=0)
+    price_concurrent_browser: float = Field(2.0, ge=0)
+    included_concurrent_browsers: float = Field(10.0, ge=0)
+    # A browser closes as idle after its keep-alive: 60 s unless the client asked for more (up to 10 minutes).
+    idle_keepalive_seconds: float = Field(60.0, ge=0, le=600)
 
     @field_validator("account_ids", mode="before")
     @classmethod

@@ -6,7 +6,8 @@
 Builds the archive once as files (bench/synthetic_archive.py), bulk-loads it into a fresh SQLite
 file and a throwaway PostgreSQL schema (dropped afterwards), times each report (the first run and
 the median of the next ones) and exports through the real command in a subprocess, whose peak
-memory is measured. Writes the figures to bench/RESULTS-reports.md. Target: every report within 1 s.
+memory is measured. Writes the figures to bench/RESULTS-reports.md. Targets: every report within
+1 s, but a month of usage (a third of the archive's sessions) within 2 s.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from archiver import migrate
-from archiver.reports import Window, ledger, open_at, stats, story
+from archiver import document, migrate
+from archiver.reports import Window, coverage, incident, ledger, open_at, stats, story, usage
 from archiver.reports.window import sessions_in
 from archiver.store import make_engine
 from archiver.timeline import build_timeline
@@ -40,7 +41,10 @@ from bench.synthetic_archive import Shape, generate, load
 
 END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 DAY = Window(END - timedelta(days=1), END)
+HALF_HOUR = timedelta(minutes=30)
 TARGET_SECONDS = 1.0
+USAGE_TARGET_SECONDS = 2.0
+MONTH = Window(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
 RESULTS = Path(__file__).with_name("RESULTS-reports.md")
 DEFAULT_POSTGRES = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -51,10 +55,11 @@ class Timing:
     first: float
     median: float
     rows: int
+    target: float | None = TARGET_SECONDS  # None: a view, timed for information
 
     @property
     def met(self) -> bool:
-        return max(self.first, self.median) <= TARGET_SECONDS
+        return self.target is None or max(self.first, self.median) <= self.target
 
 
 @dataclass
@@ -65,10 +70,12 @@ class BackendResult:
     exports: list[tuple[str, int, float, float]] = field(default_factory=list)  # (window, rows, seconds, peak MiB)
 
 
-def reports(days: float, middle_session: str) -> list[tuple[str, Callable[[Connection], Any]]]:
-    """The reports to time: (what a person would type, the call)."""
+def reports(days: float, middle_session: str) -> list[tuple[str, Callable[[Connection], Any], float | None]]:
+    """The reports to time: (what a person would type, the call, the target in seconds or None)."""
     middle = END - timedelta(days=days / 2)
-    return [
+    month = Window(END - timedelta(days=30), END)
+    hour_ago = END - timedelta(hours=1)
+    timed: list[tuple[str, Callable[[Connection], Any]]] = [
         ("report active-at (1 hour ago)", lambda c: open_at.open_at(c, END - timedelta(hours=1))),
         (f"report active-at ({days / 2:g} days ago)", lambda c: open_at.open_at(c, middle)),
         ("report sessions --since 24h", lambda c: sessions_in(c, DAY)),
@@ -79,14 +86,33 @@ def reports(days: float, middle_session: str) -> list[tuple[str, Callable[[Conne
         ("report session ID", lambda c: story.session_story(c, middle_session)),
         ("report runs --since 24h", lambda c: ledger.runs_summary(c, DAY.since)),
         ("report runs --since 24h --each", lambda c: ledger.runs(c, DAY.since)),
+        ("report coverage --since 24h --by hour", lambda c: coverage.coverage(c, DAY, END, by="hour")),
+        ("report coverage --since 30d", lambda c: coverage.coverage(c, month, END)),
+        ("report incident --at 1h (Markdown)",
+         lambda c: document.markdown(incident.incident(c, hour_ago, HALF_HOUR, HALF_HOUR, END))),
+        ("report incident --at 1h (HTML, with the timeline)",
+         lambda c: document.html_page(incident.incident(c, hour_ago, HALF_HOUR, HALF_HOUR, END),
+                                      build_timeline(c, Window(hour_ago - HALF_HOUR, hour_ago + HALF_HOUR))[0])),
         ("timeline --since 24h", lambda c: build_timeline(c, DAY)),
+    ]
+    monthly: list[tuple[str, Callable[[Connection], Any]]] = [
+        ("report usage --since 30d (by day)", lambda c: usage.usage(c, month, END)),
+        ("report usage, October (--by month)", lambda c: usage.usage(c, MONTH, END, by="month")),
+    ]
+    views: list[tuple[str, Callable[[Connection], Any]]] = [
         ("view concurrent_sessions_per_minute (all 7 days)",
          lambda c: c.execute(text("SELECT * FROM concurrent_sessions_per_minute")).all()),
         ("view close_reasons_hourly (all 90 days)", lambda c: c.execute(text("SELECT * FROM close_reasons_hourly")).all()),
+        ("view browser_usage_daily (all 90 days)", lambda c: c.execute(text("SELECT * FROM browser_usage_daily")).all()),
     ]
+    return ([(name, call, TARGET_SECONDS) for name, call in timed]
+            + [(name, call, USAGE_TARGET_SECONDS) for name, call in monthly]
+            + [(name, call, None) for name, call in views])
 
 
 def rows_of(answer: Any) -> int:
+    if isinstance(answer, str):
+        return answer.count("<tr>") or answer.count("\n| ")  # a document: its table rows
     if isinstance(answer, tuple):
         return answer[1]  # the timeline: (html, sessions)
     if isinstance(answer, list) and answer and isinstance(answer[0], story.Story):
@@ -101,31 +127,43 @@ def time_reports(engine: Engine, days: float, repeat: int) -> list[Timing]:
             {"t": (END - timedelta(days=days / 2)).strftime("%Y-%m-%d %H:%M:%S")
              + ("+00" if engine.dialect.name == "postgresql" else "")})
         timings = []
-        for name, call in reports(days, middle_session):
+        for name, call, target in reports(days, middle_session):
             runs = []
             for _ in range(repeat + 1):
                 started = time.perf_counter()
                 answer = call(conn)
                 runs.append(time.perf_counter() - started)
-            timings.append(Timing(name, runs[0], statistics.median(runs[1:]), rows_of(answer)))
+            timings.append(Timing(name, runs[0], statistics.median(runs[1:]), rows_of(answer), target))
             print(f"  {name:50} first {runs[0]:.3f}s  median {timings[-1].median:.3f}s  rows {timings[-1].rows}", flush=True)
     return timings
+
+
+# Runs the archiver and says, at exit, the peak RSS of the interpreter it is: VmHWM, which starts
+# afresh at exec. (The ru_maxrss that wait4 gives would also count this process's own pages, which
+# the child holds between fork and exec: the bigger the benchmark has grown, the bigger the figure.)
+PEAK_PROBE = """import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("peak-kib", line.split()[1], file=sys.stderr)
+atexit.register(peak)
+runpy.run_module("archiver", run_name="__main__", alter_sys=True)
+"""
 
 
 def time_export(url: str, window: Window, label: str) -> tuple[str, int, float, float]:
     """Run `archiver export` in a subprocess to /dev/null; its rows, seconds and peak RSS (MiB)."""
     env = {**os.environ, "ARCHIVER_DATABASE_URL": url, "ARCHIVER_LOG_LEVEL": "WARNING"}
-    args = [sys.executable, "-m", "archiver", "export", "--since", window.since.isoformat(), "--until",
+    args = [sys.executable, "-c", PEAK_PROBE, "export", "--since", window.since.isoformat(), "--until",
             window.until.isoformat(), "--format", "csv", "-o", os.devnull]
     started = time.perf_counter()
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _pid, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
-    stderr = process.stderr.read() if process.stderr else ""
-    if status != 0:
-        raise RuntimeError(f"export failed: {stderr}")
-    rows = int(stderr.split()[1])  # "exported N sessions rows"
-    peak_mib = usage.ru_maxrss / 1024  # Linux reports kilobytes
+    if done.returncode != 0:
+        raise RuntimeError(f"export failed: {done.stderr}")
+    said = dict(line.split(maxsplit=1) for line in done.stderr.splitlines())
+    rows = int(said["exported"].split()[0])  # "exported N sessions rows"
+    peak_mib = int(said["peak-kib"]) / 1024
     print(f"  export {label:42} {rows} rows in {seconds:.1f}s, peak RSS {peak_mib:.0f} MiB", flush=True)
     return label, rows, seconds, peak_mib
 
@@ -178,7 +216,7 @@ def machine() -> str:
 def write_results(results: list[BackendResult], counts: dict[str, int], generate_seconds: float, command: str,
                   postgres_version: str | None) -> None:
     names = [t.name for t in results[0].timings]
-    header = "| report | " + " | ".join(f"{r.backend} first | {r.backend} median" for r in results) + " | within 1 s |"
+    header = "| report | " + " | ".join(f"{r.backend} first | {r.backend} median" for r in results) + " | within target |"
     lines = [
         "# Reports benchmark",
         "",
@@ -200,15 +238,21 @@ def write_results(results: list[BackendResult], counts: dict[str, int], generate
     for i, name in enumerate(names):
         cells = " | ".join(f"{r.timings[i].first:.3f} s | {r.timings[i].median:.3f} s" for r in results)
         met = all(r.timings[i].met for r in results)
-        verdict = ("yes" if met else "no") + " (a view: no target)" if name.startswith("view") else "yes" if met else "**no**"
+        target = results[0].timings[i].target
+        if target is None:
+            slow = any(max(r.timings[i].first, r.timings[i].median) > TARGET_SECONDS for r in results)
+            verdict = f"{'no' if slow else 'yes'} (a view: no target)"
+        else:
+            verdict = f"yes ({target:g} s)" if met else f"**no** ({target:g} s)"
         lines.append(f"| `{name}` ({results[0].timings[i].rows:,} rows) | {cells} | {verdict} |")
     lines += ["", "Export (`archiver export --format csv -o /dev/null`, a subprocess; peak RSS of that process):", "",
               "| backend | window | rows | seconds | rows/s | peak RSS |", "|---|---|---|---|---|---|"]
     for r in results:
         for label, rows, seconds, peak in r.exports:
             lines.append(f"| {r.backend} | {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {peak:.0f} MiB |")
-    all_met = all(t.met for r in results for t in r.timings if not t.name.startswith("view"))
-    lines += ["", f"Target (every report within 1 s on each backend): {'met' if all_met else 'NOT met'}. The views "
+    all_met = all(t.met for r in results for t in r.timings)
+    lines += ["", f"Targets (every report within 1 s, a month of usage within 2 s, on each backend): "
+              f"{'met' if all_met else 'NOT met'}. The views "
               "are timed for information: a BI tool usually filters them further.", ""]
     RESULTS.write_text("\n".join(lines))
     print(f"wrote {RESULTS}")

@@ -27,9 +27,13 @@ from typing import Any, TextIO
 from sqlalchemy import Engine
 
 ACCOUNTS = ("0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210")
-REASONS = (("NormalClosure", "Normal closure"), ("1000", "NormalClosure"), ("BrowserIdle", "Browser idle"),
-           ("1001", "GoingAway"), ("ClientDisconnected", "Client disconnected"), ("1011", "InternalError"))
-REASON_WEIGHTS = (40, 20, 25, 6, 5, 4)
+# As stored: the documented codes and names of the same reasons, undocumented codes, and the
+# reasons of sessions Cloudflare's infrastructure ended.
+REASONS = (("NormalClosure", "Normal closure"), ("1", "Normal closure"), ("1000", "NormalClosure"),
+           ("BrowserIdle", "Browser idle"), ("2", "Browser idle"), ("1001", "GoingAway"),
+           ("ConnectionError", "Connection error"), ("ChromiumCrashed", "Chromium crashed"),
+           ("SessionEvicted", "Session evicted"))
+REASON_WEIGHTS = (25, 15, 20, 15, 10, 6, 5, 3, 1)
 POLL_SECONDS = 30
 NULL = "\\N"
 SESSION_COLUMNS = (
@@ -44,7 +48,7 @@ VERSION_COLUMNS = (
 RUN_COLUMNS = (
     "account_id", "worker", "started_at", "finished_at", "outcome", "listing_complete", "pages", "listed", "new",
     "changed", "vanished", "reappeared", "details_fetched", "details_gone", "details_failed", "details_carried",
-    "rejected", "api_requests", "retries", "throttled", "waited_seconds", "error",
+    "rejected", "api_requests", "retries", "throttled", "waited_seconds", "throttled_seconds", "error",
 )
 TABLES = {"browser_sessions": SESSION_COLUMNS, "browser_session_versions": VERSION_COLUMNS, "sync_runs": RUN_COLUMNS}
 
@@ -166,9 +170,10 @@ def _runs(shape: Shape, rng: random.Random) -> Iterator[list[str]]:
             elif roll < 0.006:
                 outcome, complete, throttled = "partial", "f", 1
                 error = "listing incomplete after 1 page(s): throttled (429)"
+            carried = str(3 * throttled)  # a throttled cycle leaves details owed
             yield [account, "bench:1", stamp(started), stamp(started + 0.2 + rng.random() * 0.3), outcome, complete,
-                   "1", "15", "1", "1", "1", "0", "2", "0", "0", "0", "0", str(3 + throttled), str(throttled),
-                   str(throttled), str(1.5 * throttled), error]
+                   "1", "15", "1", "1", "1", "0", "2", "0", "0", carried, "0", str(3 + throttled), str(throttled),
+                   str(throttled), str(1.5 * throttled), str(1.5 * throttled), error]
 
 
 def load(engine: Engine, folder: Path) -> float:

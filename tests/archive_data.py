@@ -3,12 +3,14 @@ edges, ends known and unknown, a session without a start time, two accounts, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from archiver import store
+from archiver import migrate, store
 from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
 
 A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -37,16 +39,19 @@ def hash_name(name: str) -> int:
 
 def session(name: str, *, account: str = A, status: str = CLOSED, start: float | None, end: float | None,
             seen: tuple[float, float] | None = None, vanished: float | None = None, gone: float | None = None,
-            reason: str | None = None, text: str | None = None, connected: tuple[float, float] | None = None) -> dict[str, Any]:
+            reason: str | None = None, text: str | None = None, connected: tuple[float, float] | None = None,
+            clock: Callable[[float], datetime] = m) -> dict[str, Any]:
+    """A session row; times are ``clock`` units (minutes after T0 unless told) and last seen defaults
+    to a quarter of a unit before the end."""
     first, last = seen if seen is not None else ((start if start is not None else 0) + 0.25, (end if end is not None else 0) - 0.25)
     return {
         "account_id": account, "session_id": sid(name), "status": status,
-        "first_seen_at": m(first), "last_seen_at": m(last), "last_detail_at": m(end) if end is not None else None,
-        "vanished_at": None if vanished is None else m(vanished), "gone_at": None if gone is None else m(gone),
+        "first_seen_at": clock(first), "last_seen_at": clock(last), "last_detail_at": clock(end) if end is not None else None,
+        "vanished_at": None if vanished is None else clock(vanished), "gone_at": None if gone is None else clock(gone),
         "detail_due": None, "detail_attempts": 0, "last_run_id": 1,
-        "start_time": None if start is None else m(start), "end_time": None if end is None else m(end),
-        "connection_start_time": None if connected is None else m(connected[0]),
-        "connection_end_time": None if connected is None else m(connected[1]),
+        "start_time": None if start is None else clock(start), "end_time": None if end is None else clock(end),
+        "connection_start_time": None if connected is None else clock(connected[0]),
+        "connection_end_time": None if connected is None else clock(connected[1]),
         "last_updated": None, "connection_id": None, "close_reason": reason, "close_reason_text": text,
         "devtools_frontend_url": "https://example.invalid/devtools?token=REDACTED", "web_socket_debugger_url": None,
         "raw": {"sessionId": sid(name)},
@@ -93,6 +98,18 @@ def versions() -> list[dict[str, Any]]:
     return rows
 
 
+def ledger_row(account: str, started: datetime, *, outcome: str = "ok", error: str | None = None,
+               throttled: int = 0, **fields: Any) -> dict[str, Any]:
+    """One cycle that took half a minute; its listing is complete when it went ok."""
+    return {
+        "account_id": account, "worker": "host:1", "started_at": started, "finished_at": started + timedelta(seconds=30),
+        "outcome": outcome, "listing_complete": outcome == "ok", "pages": 1, "listed": 3, "new": 1, "changed": 0,
+        "vanished": 0, "reappeared": 0, "details_fetched": 1, "details_gone": 0, "details_failed": 0,
+        "details_carried": 0, "rejected": 0, "api_requests": 2 + throttled, "retries": throttled,
+        "throttled": throttled, "waited_seconds": 1.5 * throttled, "throttled_seconds": 0.0, "error": error, **fields,
+    }
+
+
 def runs() -> list[dict[str, Any]]:
     """Cycles every 10 minutes from T0-2h to T0+2h for account A; one failed, one throttled."""
     rows = []
@@ -102,13 +119,7 @@ def runs() -> list[dict[str, Any]]:
             outcome, error = "partial", "listing incomplete: page 2 failed"
         if minute == 30:
             outcome, error, throttled = "failed", "Cloudflare answered 429", 3
-        rows.append({
-            "account_id": A, "worker": "host:1", "started_at": m(minute), "finished_at": m(minute + 0.5),
-            "outcome": outcome, "listing_complete": outcome == "ok", "pages": 1, "listed": 3, "new": 1, "changed": 0,
-            "vanished": 0, "reappeared": 0, "details_fetched": 1, "details_gone": 0, "details_failed": 0,
-            "details_carried": 0, "rejected": 0, "api_requests": 2 + throttled, "retries": throttled,
-            "throttled": throttled, "waited_seconds": 1.5 * throttled, "error": error,
-        })
+        rows.append(ledger_row(A, m(minute), outcome=outcome, error=error, throttled=throttled))
     rows.append({**rows[-1], "account_id": B, "started_at": m(5), "finished_at": m(5.5), "outcome": "ok",
                  "listing_complete": True, "api_requests": 2, "retries": 0, "throttled": 0, "waited_seconds": 0.0,
                  "error": None})
@@ -121,3 +132,14 @@ def build(engine: Engine) -> None:
         store.upsert(conn, store.sessions_table, list(SESSIONS.values()), store.SESSION_KEY)
         store.insert_rows(conn, store.versions_table, versions())
         store.insert_rows(conn, store.runs_table, runs())
+
+
+def sqlite_env(folder: Path, build_archive: Callable[[Engine], None] = build) -> tuple[dict[str, str], Path]:
+    """A migrated SQLite archive in ``folder`` written by ``build_archive``: the environment that points
+    the command at it, and the folder to run the command in."""
+    url = f"sqlite:///{folder / 'archive.db'}"
+    engine = store.make_engine(url)
+    migrate.upgrade(engine)
+    build_archive(engine)
+    engine.dispose()
+    return {"ARCHIVER_DATABASE_URL": url}, folder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
@@ -100,19 +100,33 @@ def mariadb_url() -> Iterator[str]:
     yield from _fresh_mariadb()
 
 
+def _built_archive(backend: str, tmp_path_factory: pytest.TempPathFactory,
+                   build: Callable[[Engine], None]) -> Iterator[Engine]:
+    """A migrated archive on one backend, written by ``build``; dropped afterwards."""
+    if backend == "sqlite":
+        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('archive') / 'archive.db'}"])
+    else:
+        urls = _fresh_postgres() if backend == "postgresql" else _fresh_mariadb()
+    engine = make_engine(next(urls))
+    migrate.upgrade(engine)
+    build(engine)
+    yield engine
+    engine.dispose()
+    for _ in urls:  # finishes the generator: drops the schema or database
+        pass
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """The archive of tests/archive_data.py (known answers), built once per backend and module; read only."""
     from tests import archive_data
 
-    if request.param == "sqlite":
-        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('archive') / 'archive.db'}"])
-    else:
-        urls = _fresh_postgres() if request.param == "postgresql" else _fresh_mariadb()
-    engine = make_engine(next(urls))
-    migrate.upgrade(engine)
-    archive_data.build(engine)
-    yield engine
-    engine.dispose()
-    for _ in urls:  # finishes the generator: drops the schema or database
-        pass
+    yield from _built_archive(request.param, tmp_path_factory, archive_data.build)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def usage_archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The archive of tests/usage_data.py (known answers), built once per backend and module; read only."""
+    from tests import usage_data
+
+    yield from _built_archive(request.param, tmp_path_factory, usage_data.build)

@@ -21,12 +21,7 @@ from tests.test_cli import run
 
 @pytest.fixture(scope="module")
 def archive_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    folder = tmp_path_factory.mktemp("cli-reports")
-    engine = make_engine(f"sqlite:///{folder / 'archive.db'}")
-    migrate.upgrade(engine)
-    data.build(engine)
-    engine.dispose()
-    return {"ARCHIVER_DATABASE_URL": f"sqlite:///{folder / 'archive.db'}"}, folder
+    return data.sqlite_env(tmp_path_factory.mktemp("cli-reports"))
 
 
 AT = "2026-11-20T12:20:30Z"
@@ -74,8 +69,8 @@ def test_reasons_durations_runs_and_session(archive_env: tuple[dict[str, str], P
     env, cwd = archive_env
     reasons = run(["report", "reasons", "--since", SINCE, "--until", UNTIL, "--by", "hour", "--format", "csv"], env, cwd)
     assert reasons.returncode == 0, reasons.stderr
-    assert reasons.stdout.splitlines()[:2] == ["hour,status,close_reason,close_reason_text,sessions",
-                                               "2026-11-20T12:00:00+00:00,closed,1000,NormalClosure,2"]
+    assert reasons.stdout.splitlines()[:2] == ["hour,status,close_reason,close_reason_text,sessions,as_stored",
+                                               "2026-11-20T12:00:00+00:00,closed,1000,NormalClosure,2,1000: 2"]
     durations = run(["report", "durations", "--since", SINCE, "--until", UNTIL, "--format", "json"], env, cwd)
     assert [(d["measure"], d["sessions"], d["p50_seconds"]) for d in json.loads(durations.stdout)] == [
         ("session", 4, 750.0), ("connection", 3, 840.0)]

@@ -62,6 +62,11 @@ ENV_CASES = [
     ("ARCHIVER_SHUTDOWN_GRACE_SECONDS", "0", "shutdown_grace_seconds", 0.0),
     ("ARCHIVER_UPSTREAM_LIMIT_REQUESTS", "600", "upstream_limit_requests", 600),
     ("ARCHIVER_UPSTREAM_LIMIT_WINDOW_SECONDS", "60", "upstream_limit_window_seconds", 60.0),
+    ("ARCHIVER_PRICE_BROWSER_HOUR", "0.1", "price_browser_hour", 0.1),
+    ("ARCHIVER_INCLUDED_BROWSER_HOURS", "0", "included_browser_hours", 0.0),
+    ("ARCHIVER_PRICE_CONCURRENT_BROWSER", "2.5", "price_concurrent_browser", 2.5),
+    ("ARCHIVER_INCLUDED_CONCURRENT_BROWSERS", "3", "included_concurrent_browsers", 3.0),
+    ("ARCHIVER_IDLE_KEEPALIVE_SECONDS", "600", "idle_keepalive_seconds", 600.0),
 ]
 
 
@@ -100,6 +105,9 @@ def test_unrelated_environment_is_ignored_and_defaults_apply() -> None:
     assert settings.log_format == "text"
     assert settings.keep_url_tokens is False
     assert settings.account_ids == []
+    assert (settings.price_browser_hour, settings.included_browser_hours) == (0.09, 10)
+    assert (settings.price_concurrent_browser, settings.included_concurrent_browsers) == (2.0, 10)
+    assert settings.idle_keepalive_seconds == 60
 
 
 def test_process_environment_is_read_when_none_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,6 +272,11 @@ INVALID_CASES = [
     ("ARCHIVER_LOG_LEVEL", "chatty"),
     ("ARCHIVER_KEEP_URL_TOKENS", "maybe"),
     ("ARCHIVER_ALLOW_INSECURE_HTTP", "perhaps"),
+    ("ARCHIVER_PRICE_BROWSER_HOUR", "-0.09"),
+    ("ARCHIVER_INCLUDED_BROWSER_HOURS", "nan"),
+    ("ARCHIVER_PRICE_CONCURRENT_BROWSER", "two"),
+    ("ARCHIVER_INCLUDED_CONCURRENT_BROWSERS", "-1"),
+    ("ARCHIVER_IDLE_KEEPALIVE_SECONDS", "601"),
     ("CLOUDFLARE_BASE_URL", "ftp://api.example/"),
     ("CLOUDFLARE_BASE_URL", "https://"),
     ("CLOUDFLARE_BASE_URL", "api.cloudflare.com/client/v4"),

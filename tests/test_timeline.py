@@ -128,3 +128,15 @@ def test_script_json_round_trips_without_markup(text: str) -> None:
     encoded = script_json({"t": text})
     assert not set("<>&\u2028\u2029") & set(encoded)
     assert json.loads(encoded) == {"t": text}
+
+
+def test_an_end_recorded_before_the_start_is_drawn_as_unknown(usage_archive: Engine) -> None:
+    from tests import usage_data
+
+    with usage_archive.connect() as conn:
+        spans = {span.session_id: span for span in load_spans(conn, Window(usage_data.h(30), usage_data.h(33)))}
+    impossible = spans[data.sid("impossible")]
+    # From its first listing; its end unknown: surely until last listed, at most until it left the listing.
+    assert (impossible.start, impossible.end) == (ms(usage_data.h(32)), None)
+    assert (impossible.last_seen, impossible.vanished) == (ms(usage_data.h(32.5)), ms(usage_data.h(32 + 40 / 60)))
+    assert impossible.reason == "NormalClosure"  # stored as "1"

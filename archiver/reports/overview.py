@@ -6,7 +6,9 @@ from typing import Any
 
 from sqlalchemy import Connection, desc, func, select
 
+from archiver import reasons
 from archiver.models import CLOSED
+from archiver.reports.stats import by_reason_name
 from archiver.store import runs_table, sessions_table
 
 s = sessions_table.c
@@ -31,21 +33,18 @@ def sessions_by_status(conn: Connection) -> list[tuple[str, str, int]]:
 
 
 def close_reasons(conn: Connection) -> list[tuple[str | None, str | None, int]]:
-    """(reason, a text for it, count) over closed sessions, most frequent first."""
-    count = func.count().label("n")
-    stmt = (
-        select(s.close_reason, func.max(s.close_reason_text), count)
-        .where(s.status == CLOSED)
-        .group_by(s.close_reason)
-        .order_by(desc(count), s.close_reason)
-    )
-    return [(reason, text, n) for reason, text, n in conn.execute(stmt)]
+    """(documented reason name, a text for it, count) over closed sessions, most frequent first."""
+    keys = (s.close_reason, s.close_reason_text)
+    stmt = select(*keys, func.count()).where(s.status == CLOSED).group_by(*keys)
+    named = by_reason_name((None, CLOSED, reason, text, n) for reason, text, n in conn.execute(stmt))
+    return [(name, text, n) for _bucket, _status, name, text, n, _stored in named]
 
 
 def recent_closed(conn: Connection, limit: int = 5) -> list[dict[str, Any]]:
-    """The most recently ended sessions with their times and reasons."""
+    """The most recently ended sessions with their times and reasons (by documented name)."""
     stmt = (
-        select(s.session_id, s.start_time, s.end_time, s.close_reason, s.close_reason_text)
+        select(s.session_id, s.start_time, s.end_time, reasons.name_of(s.close_reason).label("close_reason"),
+               s.close_reason_text)
         .where(s.status == CLOSED)
         .order_by(desc(s.end_time))
         .limit(limit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float
+from sqlalchemy import BigInteger, Float, case
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -31,6 +31,26 @@ class seconds_between(FunctionElement[float]):  # noqa: N801 - reads like the SQ
 
     def __init__(self, start: ColumnElement[Any], end: ColumnElement[Any]) -> None:
         super().__init__(start, end)
+
+
+class epoch_ms(FunctionElement[int]):  # noqa: N801
+    """A timestamp as whole milliseconds since the Unix epoch, NULL when it is NULL."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_ms"
+
+    def __init__(self, when: ColumnElement[Any]) -> None:
+        super().__init__(when)
+
+
+def duration_seconds(start: ColumnElement[Any], end: ColumnElement[Any]) -> ColumnElement[float]:
+    """``end - start`` in seconds; NULL when either is unknown or the end comes before the start.
+
+    An end before its start is an impossible pair, kept in the archive as observed: no duration
+    can be read from it.
+    """
+    return case((end >= start, seconds_between(start, end)), else_=None)
 
 
 class time_bucket(FunctionElement[Any]):  # noqa: N801
@@ -70,6 +90,27 @@ def _seconds_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: A
 def _seconds_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
     start, end = _args(element, compiler, **kw)
     return f"(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000.0)"
+
+
+@compiles(epoch_ms, "sqlite")
+def _epoch_sqlite(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    # 2440587.5 is the Julian day of 1970-01-01 00:00 UTC; the double is good to the millisecond.
+    return f"CAST(ROUND((julianday({when}) - 2440587.5) * 86400000.0) AS INTEGER)"
+
+
+@compiles(epoch_ms, "postgresql")
+def _epoch_postgresql(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    return f"CAST(ROUND(EXTRACT(EPOCH FROM {when}) * 1000) AS BIGINT)"
+
+
+@compiles(epoch_ms, "mysql")
+@compiles(epoch_ms, "mariadb")
+def _epoch_mysql(element: epoch_ms, compiler: SQLCompiler, **kw: Any) -> str:
+    (when,) = _args(element, compiler, **kw)
+    # Not UNIX_TIMESTAMP(): it reads a DATETIME in the connection's time zone, and ours hold UTC.
+    return f"CAST(ROUND(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {when}) / 1000) AS SIGNED)"
 
 
 @compiles(time_bucket, "sqlite")

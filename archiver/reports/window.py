@@ -3,6 +3,9 @@
 A session whose end is unknown (it vanished, or Cloudflare forgot it) ended somewhere between its
 ``last_seen_at`` and its ``vanished_at``: for windows it counts as ending at ``vanished_at``, the
 latest moment it can have ended. A session without a start time counts from when it was first listed.
+
+Close reasons are shown under their documented name (``close_reason``), with the value as stored
+beside it (``close_reason_raw``); see :mod:`archiver.reasons`.
 """
 
 from __future__ import annotations
@@ -11,19 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Connection, Select, and_, func, or_, select, union_all
 
+from archiver import reasons
 from archiver.errors import InputError
 from archiver.models import ACTIVE, STATUSES
 from archiver.reports.result import Result, result
-from archiver.reports.sqltime import seconds_between
+from archiver.reports.sqltime import duration_seconds
 from archiver.store import sessions_table
 
 s = sessions_table.c
 
 SESSION_COLUMNS = (
     "account_id", "session_id", "status", "start_time", "end_time", "duration_seconds",
-    "close_reason", "close_reason_text", "first_seen_at", "last_seen_at", "vanished_at", "gone_at",
+    "close_reason", "close_reason_text", "close_reason_raw", "first_seen_at", "last_seen_at", "vanished_at", "gone_at",
 )
 BRIEF_COLUMNS = ("session_id", "status", "start_time", "end_time", "duration_seconds", "close_reason", "close_reason_text")
 
@@ -73,6 +77,13 @@ def still_open_after(when: datetime) -> list[tuple[ColumnElement[bool], ...]]:
     ]
 
 
+def open_during(window: Window, *columns: ColumnElement[Any], account: str | None = None) -> CompoundSelect:
+    """``columns`` of the sessions that were open, or maybe open, at some moment of the window."""
+    started = or_(s.start_time < window.until, and_(s.start_time.is_(None), s.first_seen_at < window.until))
+    branches = [select(*columns).where(started, *conditions) for conditions in still_open_after(window.since)]
+    return union_all(*(where_all(branch, account_filter(account)) for branch in branches))
+
+
 def account_filter(account: str | None) -> ColumnElement[bool] | None:
     return None if account is None else s.account_id == account
 
@@ -95,11 +106,12 @@ def check_status(status: str | None) -> str | None:
 
 
 def session_select() -> Select[Any]:
-    """The columns of SESSION_COLUMNS, durations computed in the database."""
+    """The columns of SESSION_COLUMNS, durations and reason names computed in the database."""
     return select(
         s.account_id, s.session_id, s.status, s.start_time, s.end_time,
-        seconds_between(s.start_time, s.end_time).label("duration_seconds"),
-        s.close_reason, s.close_reason_text, s.first_seen_at, s.last_seen_at, s.vanished_at, s.gone_at,
+        duration_seconds(s.start_time, s.end_time).label("duration_seconds"),
+        reasons.name_of(s.close_reason).label("close_reason"), s.close_reason_text,
+        s.close_reason.label("close_reason_raw"), s.first_seen_at, s.last_seen_at, s.vanished_at, s.gone_at,
     )
 
 
@@ -107,11 +119,14 @@ def sessions_in(
     conn: Connection, window: Window, *, account: str | None = None, reason: str | None = None,
     status: str | None = None,
 ) -> Result:
-    """Sessions that started or ended in the window, oldest start first."""
+    """Sessions that started or ended in the window, oldest start first.
+
+    ``reason`` matches every stored value of the same documented reason (``1`` and ``NormalClosure``).
+    """
     stmt = where_all(
         session_select().where(started_or_ended_in(window)),
         account_filter(account),
-        None if reason is None else s.close_reason == reason,
+        None if reason is None else s.close_reason.in_(reasons.stored_values(reason)),
         None if check_status(status) is None else s.status == status,
     ).order_by(effective_start(), s.account_id, s.session_id)
     return result(SESSION_COLUMNS, conn.execute(stmt).all(), brief=BRIEF_COLUMNS)
