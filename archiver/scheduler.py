@@ -76,6 +76,8 @@ class _Waiter:
     future: asyncio.Future[Grant] = field(compare=False)
 
 
+# A wait shorter than this (a lifted peak rate's spacing) is yielded rather than slept.
+TINY_WAIT = 0.0005
 # After a 429 (the token is busy with other tools too), details may use only this share of their
 # part of the window until a whole window has passed without one.
 THROTTLED_DETAIL_SHARE = 0.5
@@ -122,8 +124,14 @@ class RequestScheduler:
     async def acquire(self, priority: Priority, key: float = 0.0, deadline: Deadline | None = None) -> Grant:
         """Wait for this request's turn. ``key`` orders requests of one priority (lower first);
         past ``deadline`` the request gives up with DeadlineReached."""
+        now = self._clock()
+        if not self._queue and (deadline is None or deadline.due() > now) and self._wait_for(priority, now) == 0:
+            # Nobody waits and its turn is now: granted at once, without a trip through the
+            # dispatcher (most requests of a quiet service).
+            self._count_grant(priority, now)
+            return Grant(0.0, 0.0)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(priority, key, next(self._sequence), self._clock(), deadline, loop.create_future())
+        waiter = _Waiter(priority, key, next(self._sequence), now, deadline, loop.create_future())
         heapq.heappush(self._queue, waiter)
         self._kick(loop)
         try:
@@ -223,6 +231,9 @@ class RequestScheduler:
             wait = self._grant_or_wait(self._clock())
             if wait is not None and wait <= 0:
                 continue
+            if wait is not None and wait < TINY_WAIT:
+                await asyncio.sleep(0)  # the peak rate's next slot is a moment away: just let others run
+                continue
             # Until the wait is over, or something changes what may go (a new request, a hold-off).
             self._wake = loop.create_future()
             sleeper = loop.create_task(self._sleep(wait)) if wait is not None else None
@@ -239,29 +250,40 @@ class RequestScheduler:
         self._expire(now)
         if not self._queue:
             return 0.0
+        head = self._queue[0]
+        wait = self._wait_for(head.priority, now)
+        if wait is not None and wait <= 0:
+            heapq.heappop(self._queue)
+            self._count_grant(head.priority, now)
+            head.future.set_result(Grant(now - head.enqueued, self._blocked_between(head.enqueued, now)))
+            return 0.0
+        return self._sooner(wait, now)
+
+    def _wait_for(self, priority: int, now: float) -> float | None:
+        """0 if a request of this priority may go now, else how long until that may change (None:
+        until a release or a new request)."""
         blocked_until = self._blocked[-1][1] if self._blocked else -math.inf
         slot = max(self._next_slot, blocked_until)
         if now < slot:
-            return self._sooner(slot - now, now)
+            return slot - now
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-            return self._sooner(None, now)  # until a release wakes the dispatcher
+            return None  # until a release wakes the dispatcher
         self._forget_before(now - self.window)
-        head = self._queue[0]
-        if not self._allowed(head.priority, now):
-            # The head is a detail (a listing is always allowed while the window has room at
-            # all), so no other waiter can go either: wait for the window to move on.
-            oldest = min(self._sent[0], self._details[0]) if self._details else (self._sent[0] if self._sent else None)
-            return self._sooner(oldest + self.window - now if oldest is not None else None, now)
-        heapq.heappop(self._queue)
+        if self._allowed(priority, now):
+            return 0.0
+        # A detail (a listing is always allowed while the window has room at all): wait for the
+        # window to move on.
+        oldest = min(self._sent[0], self._details[0]) if self._details else (self._sent[0] if self._sent else None)
+        return oldest + self.window - now if oldest is not None else None
+
+    def _count_grant(self, priority: int, now: float) -> None:
         self.in_flight += 1
         self._sent.append(now)
-        if head.priority != Priority.LIST:
+        if priority != Priority.LIST:
             self._details.append(now)
         self._next_slot = now + self.spacing
-        self.granted[Priority(head.priority)] += 1
+        self.granted[Priority(priority)] += 1
         self.most_in_window = max(self.most_in_window, len(self._sent))
-        head.future.set_result(Grant(now - head.enqueued, self._blocked_between(head.enqueued, now)))
-        return 0.0
 
     def _allowed(self, priority: int, now: float) -> bool:
         """Whether a request of this priority may go now. A listing may while the window has room;

@@ -233,10 +233,17 @@ def test_a_caller_cancelled_once_granted_frees_its_place() -> None:
     scheduler = make(vt, 1000.0, max_in_flight=1)
 
     async def main() -> float:
+        await scheduler.acquire(Priority.NEW)  # the one place in flight is taken
         doomed = asyncio.create_task(scheduler.acquire(Priority.NEW))
         await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the dispatcher grants it...
-        assert scheduler.in_flight == 1
+        assert scheduler.waiting == 1
+        vt.now += 1.0  # past the peak rate's spacing: only the place in flight holds it back
+        scheduler.release()
+        for _ in range(20):  # the dispatcher grants it the place freed...
+            await asyncio.sleep(0)
+            if scheduler.in_flight:
+                break
+        assert scheduler.in_flight == 1 and scheduler.waiting == 0 and not doomed.done()
         doomed.cancel()  # ...and its caller is gone before it resumed
         await asyncio.gather(doomed, return_exceptions=True)
         assert scheduler.in_flight == 0
