@@ -321,7 +321,7 @@ class Runner:
         _done, pending = await asyncio.wait(running, timeout=grace * LET_GO_SHARE)
         if pending:
             self.give_up.at = -math.inf
-            self.requests.wake()
+            self.requests.deadlines_moved()
             _done, pending = await asyncio.wait(pending, timeout=grace * (1 - LET_GO_SHARE))
         for task in pending:
             task.cancel()

@@ -74,6 +74,7 @@ class _Waiter:
     enqueued: float = field(compare=False)
     deadline: Deadline | None = field(compare=False)
     future: asyncio.Future[Grant] = field(compare=False)
+    gone: bool = field(default=False, compare=False)  # its caller stopped waiting: skipped, not searched out
 
 
 # A wait shorter than this (a lifted peak rate's spacing) is yielded rather than slept.
@@ -114,7 +115,12 @@ class RequestScheduler:
         self._next_slot = -math.inf
         self._blocked: deque[tuple[float, float]] = deque()  # 429 hold-offs: (from, until)
         self._throttled_until = -math.inf  # details are held to a smaller share until then
-        self._queue: list[_Waiter] = []
+        self._queue: list[_Waiter] = []  # a heap; waiters that are gone stay until they surface
+        self._gone = 0
+        # The earliest deadline among the waiters, as of the last look at them all; a look is due
+        # again when it passes, or when a deadline moved (see deadlines_moved).
+        self._next_deadline = math.inf
+        self._deadlines_moved = False
         self._sequence = itertools.count()
         self._dispatcher: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -125,7 +131,8 @@ class RequestScheduler:
         """Wait for this request's turn. ``key`` orders requests of one priority (lower first);
         past ``deadline`` the request gives up with DeadlineReached."""
         now = self._clock()
-        if not self._queue and (deadline is None or deadline.due() > now) and self._wait_for(priority, now) == 0:
+        due = deadline.due() if deadline is not None else math.inf
+        if not self.waiting and due > now and self._wait_for(priority, now) == 0:
             # Nobody waits and its turn is now: granted at once, without a trip through the
             # dispatcher (most requests of a quiet service).
             self._count_grant(priority, now)
@@ -133,14 +140,17 @@ class RequestScheduler:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(priority, key, next(self._sequence), now, deadline, loop.create_future())
         heapq.heappush(self._queue, waiter)
+        self._next_deadline = min(self._next_deadline, due)
         self._kick(loop)
         try:
             return await waiter.future
         except asyncio.CancelledError:
-            if waiter in self._queue:
-                self._queue.remove(waiter)
-                heapq.heapify(self._queue)
-            elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            # Cancelling the caller cancels the future it waits on, unless a grant came first.
+            if waiter.future.cancelled() or not waiter.future.done():
+                if not waiter.gone:
+                    waiter.gone = True
+                    self._gone += 1
+            elif waiter.future.exception() is None:
                 self.release()  # granted, but its caller is gone before it could send
             raise
 
@@ -191,10 +201,15 @@ class RequestScheduler:
         self._listing_reserve = max(0, requests)
         self.wake()  # a smaller reserve may let a waiting detail go
 
+    def deadlines_moved(self) -> None:
+        """Some waiter's deadline was moved (a stop, a claim let go): look at them all again."""
+        self._deadlines_moved = True
+        self.wake()
+
     @property
     def waiting(self) -> int:
         """Requests waiting for their turn now."""
-        return len(self._queue)
+        return len(self._queue) - self._gone
 
     def in_window(self) -> int:
         """Requests granted within the last window."""
@@ -248,6 +263,9 @@ class RequestScheduler:
         """Grant the first request whose turn it is and return 0, or return how long to wait
         before anything can change (None: until a new request or a hold-off)."""
         self._expire(now)
+        while self._queue and self._queue[0].gone:
+            heapq.heappop(self._queue)
+            self._gone -= 1
         if not self._queue:
             return 0.0
         head = self._queue[0]
@@ -305,22 +323,29 @@ class RequestScheduler:
 
     def _sooner(self, wait: float | None, now: float) -> float | None:
         """``wait``, or less if a waiter's deadline comes first."""
-        deadlines = [due - now for w in self._queue if w.deadline is not None and (due := w.deadline.due()) < math.inf]
-        if not deadlines:
+        if self._next_deadline == math.inf:
             return wait
-        first = max(0.0, min(deadlines))
+        first = max(0.0, self._next_deadline - now)
         return first if wait is None else min(wait, first)
 
     def _expire(self, now: float) -> None:
-        """Waiters past their deadline are told so and leave the queue."""
-        late = [w for w in self._queue if w.deadline is not None and w.deadline.due() <= now]
-        if not late:
+        """Waiters past their deadline are told so and leave the queue. Every waiter is looked at
+        only when the earliest deadline passed or one moved, so a long queue costs little."""
+        if not self._deadlines_moved and now < self._next_deadline:
             return
-        for waiter in late:
-            self._queue.remove(waiter)
-            if not waiter.future.done():
+        self._deadlines_moved = False
+        kept, self._next_deadline = [], math.inf
+        for waiter in self._queue:
+            if waiter.gone:
+                continue
+            due = waiter.deadline.due() if waiter.deadline is not None else math.inf
+            if due <= now:
                 waiter.future.set_exception(DeadlineReached("the request's turn did not come before its deadline"))
-        heapq.heapify(self._queue)
+                continue
+            self._next_deadline = min(self._next_deadline, due)
+            kept.append(waiter)
+        heapq.heapify(kept)
+        self._queue, self._gone = kept, 0
 
     def _forget_before(self, since: float) -> None:
         while self._sent and self._sent[0] <= since:

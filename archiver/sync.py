@@ -386,7 +386,7 @@ class _Cycle:
         due, taken_over = await self._db(self._write_listed, items, seen_at, ended, dict(self.state.fetching))
         if taken_over:
             self.state.release(taken_over)
-            self.api.client.scheduler.wake()
+            self.api.client.scheduler.deadlines_moved()
         return due
 
     def _write_listed(
@@ -666,7 +666,7 @@ class _Cycle:
         switched, self.state.still_wanted = self.state.still_wanted, Deadline()
         if mode == DetailMode.LISTING:
             switched.at = -math.inf
-            self.api.client.scheduler.wake()
+            self.api.client.scheduler.deadlines_moved()
         if mode == DetailMode.DETAILS:
             log.info("account %s: a detail carried what the listing lacked: fetching details of new and changed "
                      "sessions again (mode details)", self.account_id)
