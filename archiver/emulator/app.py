@@ -132,9 +132,11 @@ class Emulator:
         self._plan.faults = self._plan.faults.updated(values)
         return self._plan.faults
 
-    def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None) -> None:
-        """Answer the next ``times`` matching requests with a status or a fault kind."""
-        self._plan.inject(kind, times, endpoint, retry_after)
+    def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None,
+               after: int = 0) -> None:
+        """Answer the next ``times`` matching requests (after letting ``after`` through) with a
+        status or a fault kind."""
+        self._plan.inject(kind, times, endpoint, retry_after, after)
 
     def clear_injections(self) -> None:
         """Drop the scripted faults not yet used."""
@@ -217,6 +219,8 @@ class Emulator:
             retry = injection.retry_after if injection is not None and injection.retry_after is not None else faults.retry_after_s
             reply = error_reply(kind, headers={"Retry-After": f"{retry:g}"} if kind == 429 else None)
             return self._served(endpoint, match, query, kind, reply)
+        if kind == "empty" and endpoint == "list":
+            return self._served(endpoint, match, query, kind, self._ok([]))
         if kind in ("reset", "malformed", "null", "wrong_type"):
             return self._served(endpoint, match, query, kind, self._fault_reply(kind, endpoint))
         account_id = match.group(1)
@@ -331,7 +335,8 @@ class Emulator:
             self.clock.advance(float(payload.get("seconds", 0)))
             return json_reply(200, {"nowMs": self.clock.now_ms()})
         if method == "POST" and path == "/__emulator/inject":
-            self.inject(payload["kind"], int(payload.get("times", 1)), payload.get("endpoint", "any"), payload.get("retry_after"))
+            self.inject(payload["kind"], int(payload.get("times", 1)), payload.get("endpoint", "any"),
+                        payload.get("retry_after"), int(payload.get("after", 0)))
             return json_reply(200, {"queued": True})
         return error_reply(404, "No route for that URI")
 

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 # Faults that replace the answer, and faults that spoil a real answer (see Emulator._api).
-FAULT_KINDS = ("malformed", "reset", "timeout", "null", "wrong_type", "oversized", "bad_id")
+# "empty": a listing of no sessions at all (a glitch), whatever the account has.
+FAULT_KINDS = ("malformed", "reset", "timeout", "null", "wrong_type", "oversized", "bad_id", "empty")
 # Session ids a broken upstream might send: not UUIDs, not strings, or aimed at other URL paths.
 BAD_SESSION_IDS: tuple[Any, ...] = (
     "not-a-uuid",
@@ -108,6 +109,7 @@ class Injection:
     remaining: int
     endpoint: str  # list | get | any
     retry_after: float | None
+    after: int = 0  # matching requests to let through first
 
 
 class FaultPlan:
@@ -119,13 +121,14 @@ class FaultPlan:
         self.injections: list[Injection] = []
         self.lock = threading.Lock()
 
-    def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None) -> None:
+    def inject(self, kind: int | str, times: int = 1, endpoint: str = "any", retry_after: float | None = None,
+               after: int = 0) -> None:
         if not isinstance(kind, int) and kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         if endpoint not in ("list", "get", "any"):
             raise ValueError("endpoint must be list, get or any")
         with self.lock:
-            self.injections.append(Injection(kind, times, endpoint, retry_after))
+            self.injections.append(Injection(kind, times, endpoint, retry_after, after))
 
     def clear(self) -> None:
         with self.lock:
@@ -135,6 +138,9 @@ class FaultPlan:
         """The scripted fault for this request, if one is queued for its endpoint."""
         with self.lock:
             for injection in self.injections:
+                if injection.endpoint in (endpoint, "any") and injection.after > 0:
+                    injection.after -= 1
+                    return None
                 if injection.endpoint in (endpoint, "any") and injection.remaining > 0:
                     injection.remaining -= 1
                     if injection.remaining == 0:
