@@ -10,6 +10,7 @@ import asyncio
 import gc
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,8 +48,8 @@ class App:
             configure_logging(self._settings.log_level, self._settings.log_format, self._settings.secret_values())
         return self._settings
 
-    def engine(self, *, read_only: bool = False) -> Engine:
-        return make_engine(self.settings().database_url.get_secret_value(), read_only=read_only)
+    def engine(self, *, read_only: bool = False, bounded: bool = False) -> Engine:
+        return make_engine(self.settings().database_url.get_secret_value(), read_only=read_only, bounded=bounded)
 
     def archive(self) -> Engine:
         """The engine of a database that must already be at the current schema."""
@@ -88,8 +89,8 @@ def sync(app: App, auto_migrate: bool) -> int:
     """Run one poll cycle for every configured account; exit 1 if any account failed."""
     settings = app.settings()
     settings.credentials(), settings.accounts()  # fail fast, before touching the database
-    engine = app.engine()
-    _ensure_schema(engine, auto_migrate)
+    _ensure_schema(app.engine(), auto_migrate)  # a migration may take its time; the cycles may not
+    engine = app.engine(bounded=True)
     _freeze_startup_objects()
     from archiver.runner import sync_accounts
 
@@ -108,8 +109,8 @@ def run(app: App, auto_migrate: bool) -> int:
 
     settings = app.settings()
     settings.credentials(), settings.accounts()
-    engine = app.engine()
-    _ensure_schema(engine, auto_migrate)
+    _ensure_schema(app.engine(), auto_migrate)
+    engine = app.engine(bounded=True)
     _freeze_startup_objects()
     return asyncio.run(Runner(settings, engine).serve())
 
@@ -537,10 +538,14 @@ def _open_output(path: Path) -> TextIO:
 
 
 def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
-    if auto_migrate:
-        migrate.upgrade(engine)
-    else:
-        migrate.require_current(engine)
+    """The schema current (migrated first if asked); the engine, used for that alone, let go."""
+    try:
+        if auto_migrate:
+            migrate.upgrade(engine)
+        else:
+            migrate.require_current(engine)
+    finally:
+        engine.dispose()
 
 
 def _describe_cycle(result: CycleResult) -> str:
@@ -564,6 +569,21 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _leave_hung_database_work(code: int) -> None:
+    """End the process now if database work still hangs in a thread (a lock someone holds, a
+    connection gone silent) once the command is done: stopping on a signal must not wait for it.
+    The archive stays consistent: the transaction under way commits whole, or not at all."""
+    threads = [t for t in threading.enumerate() if t.name.startswith("db-")]
+    for thread in threads:
+        thread.join(timeout=0.5)  # an idle one is on its way out
+    hung = [t for t in threads if t.is_alive()]
+    if hung:
+        click.echo(f"warning: leaving {len(hung)} database call(s) that still hang", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main() -> None:
     """Entry point of the `archiver` console script."""
     try:
@@ -585,5 +605,7 @@ def main() -> None:
         # complaining again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    _leave_hung_database_work(code)
+    sys.exit(code)
 

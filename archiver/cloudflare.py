@@ -94,6 +94,7 @@ class Listing:
         # it (and the network carries it) while the caller stores this one.
         offset = 0
         previous_ids: set[Any] = set()
+        seen: set[Any] = set()
         fetch, self._first = self._first or asyncio.ensure_future(self._page(offset)), None
         try:
             while True:
@@ -101,8 +102,16 @@ class Listing:
                 self.pages += 1
                 # Only string ids tie pages together: an id may be any JSON value, even a list.
                 ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
-                if offset and not ids & previous_ids:
+                seen |= ids
+                if offset and ids and ids == previous_ids:
+                    # A server that ignores offset would otherwise be paged for ever.
+                    self.problem = "the server answered the same page again (it ignores offset)"
+                elif offset and not ids & previous_ids:
                     self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
+                elif self.pages > len(seen) // (self.page_size - PAGE_OVERLAP) + 2:
+                    # More pages than the sessions seen so far can fill: the list keeps shifting
+                    # back onto itself, or the server makes pages up.
+                    self.problem = f"{self.pages} pages for {len(seen)} sessions: the list does not end"
                 if len(items) > self.page_size:
                     # A server that ignores limit/offset would otherwise be paged forever.
                     self.problem = f"the server returned {len(items)} items for limit {self.page_size}"
@@ -140,30 +149,26 @@ class AccountAPI:
         self.account_id = account_id
         self.stats = stats
 
-    async def probe(self) -> None:
-        """One cheap request (a one-item page) that proves the credentials reach the account."""
-        await self.client.get_json(
-            f"/accounts/{self.account_id}/browser-rendering/devtools/session", {"limit": 1, "offset": 0}, self.stats, expect=list
-        )
-
     def listing(self) -> Listing:
         """A fresh pass over the account's active sessions."""
         return Listing(self.client, self.account_id, self.stats)
 
     async def get_session(
-        self, session_id: str, *, priority: Priority = Priority.NEW, key: float = 0.0, deadline: Deadline | None = None
+        self, session_id: str, *, priority: Priority = Priority.NEW, key: float = 0.0, deadline: Deadline | None = None,
+        abort: Deadline | None = None,
     ) -> Any | None:
         """One session's details, or None if Cloudflare no longer knows it (404 or null).
 
         The request waits its turn in the token's scheduler by ``priority`` and ``key`` (see
-        :class:`RequestScheduler`); one not sent before ``deadline`` is given up (DeadlineReached).
+        :class:`RequestScheduler`); one not sent before ``deadline``, or an attempt (a retry too)
+        not sent before ``abort``, is given up (DeadlineReached).
         """
         if not UUID_PATTERN.fullmatch(session_id):
             raise FatalError(f"invalid session id {session_id!r}")
         path = f"/accounts/{self.account_id}/browser-rendering/devtools/session/{session_id}"
         return await self.client.get_json(
             path, None, self.stats, missing_ok=True, expect=dict, doubt=lambda data: _detail_doubt(data, session_id),
-            priority=priority, key=key, deadline=deadline,
+            priority=priority, key=key, deadline=deadline, abort=abort,
         )
 
 
@@ -190,6 +195,7 @@ class CloudflareClient:
         self.scheduler = scheduler or RequestScheduler(peak_rate=rate_limit, max_in_flight=max_connections)
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        self.request_timeout = timeout
         self._random = random.Random()
         self._secrets = credentials.secrets()
         if transport is None and not _proxy_configured():
@@ -240,12 +246,13 @@ class CloudflareClient:
         priority: Priority = Priority.LIST,
         key: float = 0.0,
         deadline: Deadline | None = None,
+        abort: Deadline | None = None,
     ) -> Any:
         """GET a path and decode its JSON body, retrying what may pass; None for a 404 if allowed.
 
         Every attempt waits for its turn in the request scheduler (``priority``, ``key``: see
-        :meth:`RequestScheduler.acquire`); a first attempt not granted before ``deadline`` is not
-        sent (DeadlineReached).
+        :meth:`RequestScheduler.acquire`); a first attempt not granted before ``deadline``, or any
+        attempt not granted before ``abort``, is not sent (DeadlineReached).
 
         ``expect`` is the JSON type a 200 must have (or null, if ``missing_ok``); anything else
         counts as a garbled answer, retried like truncated JSON. ``doubt`` names what is odd about
@@ -253,10 +260,15 @@ class CloudflareClient:
         returned as it is only if it is still the answer when the retries are spent.
         """
         attempt = 0
+        first_deadline = deadline if abort is None else abort if deadline is None else Deadline(also=(deadline, abort))
+        place = None
         while True:
             # The deadline holds for the first attempt only: a request that was sent is retried
             # however late, or a slow or flaky API would see every request given up half-way.
-            grant = await self.scheduler.acquire(priority, key, deadline if attempt == 0 else None)
+            # ``abort`` says the caller has stopped asking (Cloudflare gives no answer at all). A
+            # retry keeps its place in the queue, so a failure is known before many more are sent.
+            grant = await self.scheduler.acquire(priority, key, first_deadline if attempt == 0 else abort, place)
+            place = grant.place
             stats.waited_seconds += grant.waited
             stats.throttled_seconds += grant.throttled
             try:
@@ -286,12 +298,18 @@ class CloudflareClient:
     ) -> Any:
         stats.requests += 1
         try:
-            if self._stream is not None:
-                answer = await self._fetch(path, params)
-            else:
-                answer = await self._fetch_through_httpx(path, params)
+            # The timeout bounds the whole request, not each read: a server that sends a byte a
+            # second would otherwise hold it for ever.
+            async with asyncio.timeout(self.request_timeout):
+                if self._stream is not None:
+                    answer = await self._fetch(path, params)
+                else:
+                    answer = await self._fetch_through_httpx(path, params)
         except BodyTooLarge as exc:
             raise UpstreamError(str(exc)) from exc
+        except TimeoutError as exc:
+            stats.count(0)
+            raise NoAnswer(f"no whole answer from {self._http.base_url.host} within {self.request_timeout:g}s") from exc
         except httpx.TransportError as exc:
             stats.count(0)
             refused = _certificate_error(exc)
@@ -299,7 +317,7 @@ class CloudflareClient:
                 # Verification is always on; a certificate it refuses will not improve on retry.
                 host = self._http.base_url.host
                 raise FatalError(f"TLS certificate of {host} refused: {refused.verify_message}") from exc
-            raise UpstreamError(f"{type(exc).__name__} talking to Cloudflare") from exc
+            raise NoAnswer(f"{type(exc).__name__} talking to Cloudflare") from exc
         stats.count(answer.status)
         if answer.status == 200:
             data = self._decode(answer.body)
@@ -375,6 +393,10 @@ class CloudflareClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return redact_text(text)
+
+
+class NoAnswer(UpstreamError):
+    """No answer came: the connection failed, or the answer did not come whole in time."""
 
 
 class DoubtfulAnswer(UpstreamError):

@@ -37,6 +37,7 @@ ENV_NAMES: dict[str, str] = {
     "interval_seconds": "ARCHIVER_INTERVAL_SECONDS",
     "min_interval_seconds": "ARCHIVER_MIN_INTERVAL_SECONDS",
     "shutdown_grace_seconds": "ARCHIVER_SHUTDOWN_GRACE_SECONDS",
+    "cycle_timeout_seconds": "ARCHIVER_CYCLE_TIMEOUT_SECONDS",
     "upstream_limit_requests": "ARCHIVER_UPSTREAM_LIMIT_REQUESTS",
     "upstream_limit_window_seconds": "ARCHIVER_UPSTREAM_LIMIT_WINDOW_SECONDS",
     "detail_policy": "ARCHIVER_DETAIL_POLICY",
@@ -97,6 +98,8 @@ class Settings(BaseModel):
     # The service may poll faster than interval_seconds, down to this, while the rate budget allows.
     min_interval_seconds: float | None = Field(None, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
+    # The longest a poll cycle may run: past it, the cycle stops and what it owes stays owed.
+    cycle_timeout_seconds: float = Field(300.0, gt=0)
     # Cloudflare's documented per-token limit, which rate_budget is a share of.
     upstream_limit_requests: int = Field(1200, gt=0)
     upstream_limit_window_seconds: float = Field(300.0, gt=0)

@@ -19,6 +19,10 @@ from archiver.sync import CycleResult
 log = logging.getLogger(__name__)
 
 
+# A listing older than this many gaps makes a healthy service say it is slow.
+SLOW_GAPS = 1.5
+
+
 class Metrics:
     """The service's metrics, in a registry of their own (tests make as many as they like)."""
 
@@ -31,6 +35,7 @@ class Metrics:
         self.last_complete: dict[str, float] = {}  # when each account's last complete listing was stored
         self.last_listing: dict[str, float] = {}
         self.intervals: dict[str, float] = {}
+        self.stuck: dict[str, float] = {}  # accounts whose cycle ran past its deadline, for how long
         r = self.registry
         self.cycles = Counter("archiver_cycles", "Poll cycles by outcome.", ["account", "outcome"], registry=r)
         self.duration = Histogram(
@@ -92,17 +97,29 @@ class Metrics:
         self.intervals[account_id] = seconds
         self.interval.labels(account_id).set(seconds)
 
+    def record_stuck(self, stuck: Mapping[str, float]) -> None:
+        self.stuck = dict(stuck)
+
     def health(self) -> tuple[bool, str]:
-        """Healthy while every account had a listing stored within three of its intervals."""
+        """Healthy while every account had a listing stored within three of its intervals and no
+        cycle is stuck (run past its deadline: a hung database). A service that is only slow
+        (listings late, but coming) is healthy, and says so."""
         now = self.clock()
-        stale = []
+        sick, slow = [], []
         for account in self.accounts:
-            limit = 3 * self.intervals.get(account, 0.0)
+            if account in self.stuck:
+                sick.append(f"{account}: stuck, a cycle has run {self.stuck[account]:.0f}s, past its deadline")
+                continue
+            gap = self.intervals.get(account, 0.0)
             # An account not yet polled counts from the service's start.
             since = now - self.last_success.get(account, self.started)
-            if since > limit:
-                stale.append(f"{account}: no listing stored for {since:.0f}s (limit {limit:.0f}s)")
-        return (not stale, "; ".join(stale) or "ok")
+            if since > 3 * gap:
+                sick.append(f"{account}: no listing stored for {since:.0f}s (limit {3 * gap:.0f}s)")
+            elif since > SLOW_GAPS * gap:
+                slow.append(f"{account}: slow, last listing stored {since:.0f}s ago (gap {gap:.0f}s)")
+        if sick:
+            return False, "; ".join(sick + slow)
+        return True, "; ".join(["ok", *slow])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

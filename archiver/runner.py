@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -37,7 +37,7 @@ from archiver.cadence import Cadence, planned
 from archiver.cloudflare import CloudflareClient, RequestStats, client_from_settings, scheduler_for
 from archiver.config import Settings
 from archiver.detailmode import learner_for
-from archiver.errors import ArchiverError, LeaseLostError, first_line
+from archiver.errors import ArchiverError, AuthError, LeaseLostError, first_line
 from archiver.metrics import Metrics, MetricsServer
 from archiver.scheduler import Deadline
 from archiver.sync import SKIPPED, AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
@@ -51,6 +51,12 @@ JITTER_SHARE = 0.1
 RESCHEDULE_THRESHOLD = 0.1  # change the jobs' gap only when it moves by more than this share
 SESSION_GAUGE_SECONDS = 60.0  # counting every status is not free on a large archive
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A cycle still running this long after its deadline (a share of it, plus seconds) is stuck: closing
+# its ledger row takes a moment, so its database work hangs.
+STUCK_AFTER_DEADLINE_SHARE = 0.2
+STUCK_AFTER_DEADLINE_SECONDS = 5.0
+# Cancelled cycles get this long to close their ledger rows; one whose database work hangs is left.
+CANCEL_WAIT_SECONDS = 1.0
 # After a stop, cycles fetch what they owe for this share of the grace period; then the detail
 # requests still waiting for their turn are let go, so the cycles end before the grace does.
 LET_GO_SHARE = 0.75
@@ -72,10 +78,15 @@ class Runner:
             settings.upstream_limit_window_seconds, self.accounts,
         )
         self.states: dict[str, AccountState] = {}
+        self.shared_db = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-leases")
         self.held: set[str] = set()
+        self.held_elsewhere: set[str] = set()  # accounts another live worker was found holding
+        self.proven: set[str] = set()  # accounts a listing of this process's was answered for
+        self.refusal: AuthError | None = None
         self.requests = scheduler_for(settings)
         self._share_budget()
         self.cycles: dict[str, set[asyncio.Task[CycleResult]]] = {account: set() for account in self.accounts}
+        self.cycle_started: dict[asyncio.Task[CycleResult], float] = {}
         self.listing: set[str] = set()  # accounts whose cycle is listing them now
         self.overdue: set[str] = set()  # accounts whose listing came due while they were being listed
         self._follow_ups: set[asyncio.Task[None]] = set()
@@ -105,11 +116,15 @@ class Runner:
         return [self._result_of(account, outcome) for account, outcome in zip(self.accounts, outcomes, strict=True)]
 
     async def serve(self) -> int:
-        """Poll every account on its schedule until SIGTERM/SIGINT or :meth:`stop`; the exit code."""
+        """Poll every account on its schedule until SIGTERM/SIGINT or :meth:`stop`; the exit code.
+
+        An account's first listing proves the credentials: if Cloudflare refuses them there, the
+        service stops and raises the AuthError (a refusal later, a revoked token say, fails that
+        account's cycles and is logged). A first listing that fails in a way that may pass (a 5xx,
+        a timeout) is tried again by the next cycle, as any other."""
         server = self._start_metrics_server()
         try:
             async with self._running():
-                await self._check_credentials()
                 self._start_jobs()
                 await self.stopping.wait()
                 assert self.jobs is not None
@@ -120,6 +135,8 @@ class Runner:
         finally:
             if server is not None:
                 server.stop()
+        if self.refusal is not None:
+            raise self.refusal
         log.info("stopped")
         return 0
 
@@ -137,7 +154,8 @@ class Runner:
         handled = _handle_signals(loop, self._on_signal)
         heartbeat: asyncio.Task[None] | None = None
         try:
-            self._count_earlier_requests()
+            # On the database thread, and let go on a signal: a locked ledger must not hold a stop.
+            await self._until_stopped(self._on_shared_db(self._count_earlier_requests))
             async with client_from_settings(self.settings, scheduler=self.requests) as client:
                 self.client = client
                 heartbeat = asyncio.create_task(self._heartbeat())
@@ -148,8 +166,13 @@ class Runner:
                 await asyncio.gather(heartbeat, return_exceptions=True)
             for state in self.states.values():
                 if state.db is not None:
-                    state.db.shutdown(wait=True)  # what a cancelled cycle's thread was writing ends
-            self._release_leases()
+                    # What a thread is writing ends as a whole (or times out); nothing new starts.
+                    state.db.shutdown(wait=False, cancel_futures=True)
+            try:
+                await asyncio.wait_for(self._on_shared_db(self._release_leases), timeout=CANCEL_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("cannot release the leases in time (they lapse by themselves)")
+            self.shared_db.shutdown(wait=False, cancel_futures=True)
             for sig in handled:
                 loop.remove_signal_handler(sig)
                 # Everything is written and released: a late signal must not turn a clean exit into a kill.
@@ -183,6 +206,7 @@ class Runner:
         task = asyncio.current_task()
         assert task is not None
         self.cycles[account_id].add(task)
+        self.cycle_started[task] = asyncio.get_running_loop().time()
         self.listing.add(account_id)
         told = False
 
@@ -198,10 +222,12 @@ class Runner:
                                       self.lease_seconds, self.clock())
             if not taken:
                 self.held.discard(account_id)
+                self.held_elsewhere.add(account_id)
                 self._share_budget()
                 holder = await self._on_db(state, locks.holder_of, self.engine, account_id)
                 return self._skipped(account_id, holder)
             self.held.add(account_id)
+            self.held_elsewhere.discard(account_id)
             self._share_budget()
             stats = RequestStats()
             try:
@@ -217,6 +243,7 @@ class Runner:
             return result
         finally:
             self.cycles[account_id].discard(task)
+            self.cycle_started.pop(task, None)
             listed(0, False)  # a cycle that ended before its listing did
 
     def _listed(self, account_id: str, pages: int, complete: bool) -> None:
@@ -253,22 +280,51 @@ class Runner:
         """Database work of an account, on its thread (see AccountState.db)."""
         return await asyncio.get_running_loop().run_in_executor(state.db, functools.partial(work, *args))
 
+    async def _on_shared_db(self, work: Callable[..., T], *args: Any) -> T:
+        """Database work of no one account (leases, gauges), on threads of the runner's own: not
+        the event loop's default executor, which the loop waits for when it closes, hung or not."""
+        return await asyncio.get_running_loop().run_in_executor(self.shared_db, functools.partial(work, *args))
+
     async def _heartbeat(self) -> None:
-        """Renew the leases we hold; cancel any cycle whose lease was lost, so two never overlap."""
+        """Renew the leases we hold, but those of accounts whose cycle is stuck (run past its
+        deadline: its database work hangs), so that a healthy replica can take them over; cancel
+        any cycle whose lease was lost, so two never overlap."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            stuck = self._stuck()
+            self.metrics.record_stuck(stuck)
+            renewing = self.held - stuck.keys()  # not those taken while the renewal runs
             try:
-                still_held = await asyncio.to_thread(
-                    locks.renew, self.engine, set(self.held), self.options.worker, self.lease_seconds, self.clock()
-                )
-            except SQLAlchemyError as exc:
-                log.warning("cannot renew leases: %s", first_line(exc))
+                still_held = await asyncio.wait_for(self._on_shared_db(
+                    locks.renew, self.engine, renewing, self.options.worker, self.lease_seconds, self.clock()
+                ), timeout=self.lease_seconds / 3)
+            except (SQLAlchemyError, TimeoutError) as exc:
+                # The leases lapse if this goes on: a worker that cannot reach the database cannot
+                # keep an account from a replica that can.
+                log.warning("cannot renew leases: %s", first_line(exc) if str(exc) else "the database did not answer")
                 continue
-            for account_id in self.held - still_held:
+            for account_id in renewing - still_held:
                 log.error("account %s: lease lost to another worker", account_id)
+                self.held.discard(account_id)
+                self.held_elsewhere.add(account_id)
                 for task in self.cycles[account_id]:
                     task.cancel()
-            self.held &= still_held
+            self._share_budget()
+
+    def _stuck(self) -> dict[str, float]:
+        """Accounts with a cycle running past its deadline and the grace to close it, and for how long."""
+        now = asyncio.get_running_loop().time()
+        deadline = self.settings.cycle_timeout_seconds
+        limit = deadline * (1 + STUCK_AFTER_DEADLINE_SHARE) + STUCK_AFTER_DEADLINE_SECONDS
+        stuck: dict[str, float] = {}
+        for account_id, tasks in self.cycles.items():
+            running = max((now - self.cycle_started[task] for task in tasks if task in self.cycle_started), default=0.0)
+            if running > limit:
+                if account_id not in self.metrics.stuck:
+                    log.error("account %s: a cycle has run %.0fs, past its %.0fs deadline: its database work hangs; "
+                              "the lease is left to lapse", account_id, running, self.settings.cycle_timeout_seconds)
+                stuck[account_id] = running
+        return stuck
 
     def _release_leases(self) -> None:
         for account_id in self.accounts:  # a no-op for an account whose lease is not ours
@@ -327,16 +383,34 @@ class Runner:
             task.cancel()
         if pending:
             log.warning("grace period over: cancelled %d running cycle(s)", len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+            # A cycle whose database work hangs cannot be waited for: the process ends without it.
+            await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
 
     # -- the service's schedule ---------------------------------------------------------------
 
-    async def _check_credentials(self) -> None:
-        """One one-item listing per account (in the listings' turn) proves the credentials."""
-        assert self.client is not None
-        client = self.client
-        await asyncio.gather(*(client.account(account, RequestStats()).probe() for account in self.accounts))
-        log.info("credentials accepted for %d account(s)", len(self.accounts))
+    def _judge_credentials(self, result: CycleResult) -> None:
+        """Stop the service if Cloudflare refused the credentials on an account's first listing."""
+        if result.refused and result.account_id not in self.proven:
+            self.refusal = AuthError(f"account {result.account_id}: {result.error}")
+            self.stop()
+        elif result.pages:
+            self.proven.add(result.account_id)
+
+    async def _until_stopped(self, work: Awaitable[None]) -> bool:
+        """Run ``work`` unless a stop comes first (then cancel it); whether it finished."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(stop, task, return_exceptions=True)
+        if task.cancelled():
+            return False
+        task.result()  # its error, if it failed
+        return True
 
     def _start_metrics_server(self) -> MetricsServer | None:
         if self.settings.metrics_port is None:
@@ -361,8 +435,9 @@ class Runner:
                 max_instances=1000,
                 coalesce=True,  # after a pause, one catch-up run rather than a burst
                 misfire_grace_time=max(1, int(self.gap)),
-                # stagger the first polls a little so accounts do not all start in the same second
-                next_run_time=now + timedelta(seconds=min(self.gap, 5.0) * index / max(1, len(self.accounts))),
+                # the first listings a little apart (the request scheduler paces them anyway), so
+                # that the accounts' cycles do not all fall in the same second ever after
+                next_run_time=now + timedelta(seconds=min(self.gap * JITTER_SHARE, 5.0) * index / max(1, len(self.accounts))),
             )
         self.jobs.start()
         self._log_cadence()
@@ -379,10 +454,11 @@ class Runner:
             self.overdue.add(account_id)
             return
         try:
-            await self._one_cycle(account_id)
+            self._judge_credentials(await self._one_cycle(account_id))
             await self._refresh_session_gauge(account_id)
         except asyncio.CancelledError:
-            log.warning("account %s: cycle cancelled by shutdown; its open transaction was rolled back", account_id)
+            why = "by shutdown" if self.stopping.is_set() else "as its lease was lost"
+            log.warning("account %s: cycle cancelled %s; its open transaction was rolled back", account_id, why)
         except (ArchiverError, SQLAlchemyError) as exc:
             # The database is away, or the account was taken over: this cycle is lost, the next
             # one (or the other worker) carries on. Nothing half-written: each step is a transaction.
@@ -401,7 +477,7 @@ class Runner:
             # The count reads every archived session of the account, so it grows with the archive:
             # it runs in a worker thread, leaving the event loop (other accounts' cycles, the lease
             # heartbeat) free meanwhile.
-            counts = await asyncio.to_thread(self._count_sessions, account_id)
+            counts = await self._on_shared_db(self._count_sessions, account_id)
         except SQLAlchemyError as exc:
             self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
             log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
@@ -414,9 +490,10 @@ class Runner:
 
     def _share_budget(self) -> None:
         """This process's part of the token's budget. Replicas split it by the accounts each holds
-        (one that holds them all, or a lone `archiver sync`, has all of it), so that together
-        they keep to it; the reserve for listings is split alike."""
-        share = max(1, len(self.held)) / len(self.accounts)
+        or may take (all but those another worker was found holding: one alone, or a lone
+        `archiver sync`, has all of it, from its start-up checks on), so that together they keep
+        to it; the reserve for listings is split alike."""
+        share = max(1, len(self.accounts) - len(self.held_elsewhere)) / len(self.accounts)
         self.requests.limit = math.floor(self.settings.budget_requests * share)
         self.requests.listing_reserve = math.ceil(self.cadence.reserve() * share)
 

@@ -60,10 +60,12 @@ class Deadline:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """How long a request waited for its turn, and how much of that was a 429's hold-off."""
+    """How long a request waited for its turn, how much of that was a 429's hold-off, and its
+    place in the queue (for a retry to keep)."""
 
     waited: float
     throttled: float
+    place: int
 
 
 @dataclass(order=True)
@@ -127,18 +129,22 @@ class RequestScheduler:
 
     # -- the callers' side --------------------------------------------------------------------
 
-    async def acquire(self, priority: Priority, key: float = 0.0, deadline: Deadline | None = None) -> Grant:
-        """Wait for this request's turn. ``key`` orders requests of one priority (lower first);
-        past ``deadline`` the request gives up with DeadlineReached."""
+    async def acquire(
+        self, priority: Priority, key: float = 0.0, deadline: Deadline | None = None, place: int | None = None
+    ) -> Grant:
+        """Wait for this request's turn. ``key`` orders requests of one priority (lower first),
+        then the order they came in, unless ``place`` (an earlier grant's: a retry) keeps an
+        earlier one; past ``deadline`` the request gives up with DeadlineReached."""
         now = self._clock()
         due = deadline.due() if deadline is not None else math.inf
+        sequence = next(self._sequence) if place is None else place
         if not self.waiting and due > now and self._wait_for(priority, now) == 0:
             # Nobody waits and its turn is now: granted at once, without a trip through the
             # dispatcher (most requests of a quiet service).
             self._count_grant(priority, now)
-            return Grant(0.0, 0.0)
+            return Grant(0.0, 0.0, sequence)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(priority, key, next(self._sequence), now, deadline, loop.create_future())
+        waiter = _Waiter(priority, key, sequence, now, deadline, loop.create_future())
         heapq.heappush(self._queue, waiter)
         self._next_deadline = min(self._next_deadline, due)
         self._kick(loop)
@@ -273,7 +279,7 @@ class RequestScheduler:
         if wait is not None and wait <= 0:
             heapq.heappop(self._queue)
             self._count_grant(head.priority, now)
-            head.future.set_result(Grant(now - head.enqueued, self._blocked_between(head.enqueued, now)))
+            head.future.set_result(Grant(now - head.enqueued, self._blocked_between(head.enqueued, now), head.sequence))
             return 0.0
         return self._sooner(wait, now)
 

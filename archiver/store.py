@@ -39,6 +39,19 @@ SERVER_CONNECT_ARGS: dict[str, dict[str, Any]] = {
     "mysql": _MYSQL_CONNECT_ARGS,
     "mariadb": _MYSQL_CONNECT_ARGS,
 }
+# The bounds of a poll cycle's statements (see make_engine), in each server's words.
+STATEMENT_TIMEOUT_SECONDS = 60
+LOCK_TIMEOUT_SECONDS = 10
+_MYSQL_LOCK_BOUNDS = (
+    f"SET SESSION innodb_lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",
+    f"SET SESSION lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",  # table and metadata locks
+)
+BOUNDS: dict[str, tuple[str, ...]] = {
+    "postgresql": (f"SET statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'", f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'"),
+    "mariadb": (f"SET SESSION max_statement_time = {STATEMENT_TIMEOUT_SECONDS}", *_MYSQL_LOCK_BOUNDS),
+    # MySQL bounds only SELECTs' time, in milliseconds, under another name.
+    "mysql": (f"SET SESSION max_execution_time = {STATEMENT_TIMEOUT_SECONDS * 1000}", *_MYSQL_LOCK_BOUNDS),
+}
 # What tells whether a listed session changed: its status and upstream fields, without the raw
 # document and the archiver's own columns, which cost most of the time of reading a row.
 STATE_COLUMNS: tuple[str, ...] = ("session_id", "status", *STATE_FIELDS)
@@ -107,11 +120,14 @@ _TOUCH_REHASHED = (
 )
 
 
-def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, bounded: bool = False, **kwargs: Any) -> Engine:
     """An engine for the URL; SQLite gets a private (0600) file, WAL and a busy timeout.
 
     ``read_only`` is for the commands that only read: a SQLite archive is opened read-only (so a
     read-only mount, or a file the user may only read, serves them) and never created.
+    ``bounded`` is for the poll cycles: on PostgreSQL and MariaDB no statement runs longer than
+    STATEMENT_TIMEOUT_SECONDS, and none waits for a lock longer than LOCK_TIMEOUT_SECONDS (a
+    report or an export may take its time; a cycle must not hang on a lock someone holds).
     """
     try:
         parsed = make_url(url)
@@ -143,7 +159,19 @@ def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
         raise ConfigError(f"ARCHIVER_DATABASE_URL: no database driver for {parsed.drivername}{hint}") from exc
     if backend == "sqlite" and not read_only:
         event.listen(engine, "connect", _sqlite_pragmas)
+    if bounded and backend in BOUNDS:
+        event.listen(engine, "connect", functools.partial(_bound_statements, backend))
     return engine
+
+
+def _bound_statements(backend: str, dbapi_connection: Any, _record: Any) -> None:
+    if backend == "mysql" and "mariadb" in str(getattr(dbapi_connection, "get_server_info", str)()).lower():
+        backend = "mariadb"  # the mysql+pymysql:// URL of a MariaDB server
+    cursor = dbapi_connection.cursor()
+    for statement in BOUNDS[backend]:
+        cursor.execute(statement)
+    cursor.close()
+    dbapi_connection.commit()  # the settings are the session's, not a transaction's
 
 
 def json_text(value: Any) -> str:
@@ -213,10 +241,15 @@ def load_hashes(conn: Connection, account_id: str, session_ids: Iterable[str]) -
     return found
 
 
-def active_ids_absent_from(conn: Connection, account_id: str, present: Container[str]) -> list[str]:
-    """Ids of the account's active sessions that are not in ``present``, sorted. Read row by row:
-    an account with a huge listing never holds all of its ids twice."""
-    return sorted(session_id for session_id in conn.scalars(_ACTIVE_IDS, {"account_id": account_id}) if session_id not in present)
+def active_ids_absent_from(conn: Connection, account_id: str, present: Container[str]) -> tuple[list[str], int]:
+    """Ids of the account's active sessions that are not in ``present``, sorted, and how many
+    active sessions it has. Read row by row: a huge listing's ids are never held twice."""
+    active, absent = 0, []
+    for session_id in conn.scalars(_ACTIVE_IDS, {"account_id": account_id}):
+        active += 1
+        if session_id not in present:
+            absent.append(session_id)
+    return sorted(absent), active
 
 
 def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[dict[str, Any]]:
@@ -308,6 +341,12 @@ def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None
     if error is not None:
         values = {**values, "error": bounded_text(error)}
     conn.execute(_FINISH_RUN, {"run": run_id, **values})
+
+
+def note_listed(conn: Connection, run_id: int, listed_at: datetime) -> None:
+    """Mark a running ledger row's listing stored (in the listing's last transaction), so that
+    the ledger knows of it even if the cycle dies before it closes."""
+    conn.execute(_FINISH_RUN, {"run": run_id, "listed_at": listed_at})
 
 
 def abort_stale_runs(conn: Connection, account_id: str, before: datetime, now: datetime, keep: Container[int] = ()) -> int:

@@ -25,11 +25,12 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import lifecycle, store
-from archiver.cloudflare import AccountAPI, Listing, RequestStats
+from archiver.cloudflare import AccountAPI, Listing, NoAnswer, RequestStats
 from archiver.config import Settings
 from archiver.detailmode import DetailLearner, DetailMode, detail_adds
-from archiver.errors import ArchiverError, BadRecordError, RetriableError, first_line
+from archiver.errors import ArchiverError, AuthError, BadRecordError, RetriableError, first_line
 from archiver.locks import worker_id
+from archiver.models import ACTIVE
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
 from archiver.scheduler import Deadline, DeadlineReached, Priority
 
@@ -65,6 +66,7 @@ class CycleOptions:
     detail_budget: int = 100
     keep_url_tokens: bool = False
     worker: str = field(default_factory=worker_id)
+    cycle_timeout: float | None = None  # seconds; None: no limit
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CycleOptions:
@@ -72,6 +74,7 @@ class CycleOptions:
             detail_policy=settings.detail_policy,
             detail_budget=settings.detail_budget,
             keep_url_tokens=settings.keep_url_tokens,
+            cycle_timeout=settings.cycle_timeout_seconds,
         )
 
 
@@ -87,6 +90,12 @@ DEFERRED = object()
 # A detail the detail mode no longer wants (a new or changed session, the listing trusted).
 WAIVED = object()
 DetailResult = tuple[dict[str, Any], Any, RetriableError | None]
+# A complete listing that would vanish at least this many active sessions, and more than this
+# share of them, is confirmed by a second listing first: one glitch is not a mass vanish.
+MASS_VANISH_LEAST = 10
+MASS_VANISH_SHARE = 0.5
+# Detail requests in a row that got no answer (their retries spent) before a cycle stops asking.
+UNANSWERED_IN_A_ROW = 3
 # The ledger counter each kind of detail outcome adds to.
 DETAIL_COUNTS = {"gone": "details_gone", "missing": "details_gone", "waived": "details_waived"}
 
@@ -164,6 +173,7 @@ class CycleResult:
     error: str | None = None
     pages: int = 0
     detail_mode: str | None = None
+    refused: bool = False  # Cloudflare refused the credentials (401/403)
 
     @property
     def failed(self) -> bool:
@@ -232,6 +242,12 @@ class _Cycle:
         self.on_listed = on_listed
         self.give_up = give_up
         self.listed_at: datetime | None = None
+        self.refused = False
+        self.suspect: list[str] = []  # active sessions a complete listing left out, too many to believe at once
+        self.suspect_at = clock()
+        self.listing_failed = False  # Cloudflare failed a page: no detail request would fare better
+        self.failing_in_a_row = 0  # detail requests that failed for want of an answer, one after another
+        self.stop_details = Deadline()  # passes when the detail requests still waiting should give up
         self.account_id = api.account_id
         self.run_id = 0
         self.seen: set[str] = set()
@@ -257,14 +273,25 @@ class _Cycle:
             raise
         outcome = "failed"
         try:
-            try:
-                due = await self._list(listing)
-            finally:
-                if self.on_listed is not None:
-                    self.on_listed(self.pages, self.listing_complete)
-            if self.pages:
-                await self._fetch_details(due)
-                outcome = self._outcome()
+            async with asyncio.timeout(self.options.cycle_timeout):
+                try:
+                    due = await self._list(listing)
+                finally:
+                    if self.on_listed is not None:
+                        self.on_listed(self.pages, self.listing_complete)
+                if self.pages and not self.listing_failed:
+                    await self._fetch_details(due)
+                    outcome = self._outcome()
+                elif self.pages:
+                    # Cloudflare failed the listing (unreachable, throttled, erring): detail
+                    # requests would fare no better. What is owed stays owed.
+                    outcome = "partial"
+                    await self._db(self._count_carried)
+        except TimeoutError:
+            outcome = "partial" if self.listed_at is not None else "failed"
+            self.errors.append(f"stopped at the cycle's {self.options.cycle_timeout:g}s deadline; what it owes stays owed")
+            if not self.closed:
+                await self._db(self._count_carried)
         except asyncio.CancelledError:
             outcome = "aborted"
             self.errors.append("cancelled (shutdown) before the cycle ended")
@@ -272,6 +299,7 @@ class _Cycle:
         except SQLAlchemyError as exc:
             self.errors.append(f"database error: {type(exc).__name__}: {first_line(exc)}")
         except ArchiverError as exc:
+            self.refused = isinstance(exc, AuthError)
             self.errors.append(str(exc))
         except Exception as exc:
             self.errors.append(f"internal error: {type(exc).__name__}: {exc}")
@@ -291,6 +319,7 @@ class _Cycle:
             "; ".join(self.errors) or None,
             self.pages,
             self.learner.mode.value,
+            self.refused,
         )
         _log_result(result, self.api.stats)
         return result
@@ -374,8 +403,15 @@ class _Cycle:
                         pending = []
         except RetriableError as exc:
             # What did arrive is as good as ever; the listing stays incomplete.
+            self.listing_failed = True
             self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
             return await self._store_listed(pending, seen_at, ended=listing) if self.pages else []
+        except ArchiverError:
+            # Refused half-way (the token revoked, say): the pages that came were answered to
+            # credentials Cloudflare accepted, and are kept; the listing proves no absence.
+            if pending:
+                await self._store_listed(pending, seen_at)
+            raise
         return await self._store_listed(pending, seen_at, ended=listing)
 
     async def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[dict[str, Any]]:
@@ -387,6 +423,8 @@ class _Cycle:
         if taken_over:
             self.state.release(taken_over)
             self.api.client.scheduler.deadlines_moved()
+        if ended is not None and self.suspect:
+            return await self._confirm_vanish()
         return due
 
     def _write_listed(
@@ -406,15 +444,74 @@ class _Cycle:
             taken_over = owed_more_urgently(claims, writes.rows)
             store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.run_id)
             store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.run_id)
-            if ended is None:
+            if ended is None or self.suspect:  # a suspect vanish waits for the confirming listing
                 return [], taken_over
-            self.listed_at = self.clock()
-            due = self._read_due(conn, claims.keys() - taken_over)
-            nothing_owed = not due and self.read_all_due
-            if nothing_owed:
-                self.counts["details_carried"] = self.owed_elsewhere
-                store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
-        self.closed = nothing_owed
+            due = self._end_write(conn, claims.keys() - taken_over)
+        return due, taken_over
+
+    def _end_write(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
+        """The listing's last write, closing: note when it was stored, read the sessions owed a
+        detail (but those of ``elsewhere``), and if none is, close the ledger row."""
+        self.listed_at = self.clock()
+        due = self._read_due(conn, elsewhere)
+        if not due and self.read_all_due:
+            self.counts["details_carried"] = self.owed_elsewhere
+            store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
+            self.closed = True
+        else:
+            store.note_listed(conn, self.run_id, self.listed_at)
+        return due
+
+    async def _confirm_vanish(self) -> list[dict[str, Any]]:
+        """A complete listing left most of the active sessions out (say, one empty page between two
+        full ones): a second listing, at once, says which truly left. Only those are vanished, when
+        it first saw them gone; if it cannot tell (incomplete), none is."""
+        held = await self._ids_listed_again()
+        confirmed = [] if held is None else [session_id for session_id in self.suspect if session_id not in held]
+        if held is None:
+            self.listing_complete = False
+            self.errors.append(f"listing incomplete: it left out {len(self.suspect)} active sessions, and a second "
+                               "listing could not confirm it")
+        elif len(confirmed) < len(self.suspect):
+            log.warning("account %s: a listing left out %d active sessions, but %d were listed again at once: a "
+                        "glitch, not an end", self.account_id, len(self.suspect), len(self.suspect) - len(confirmed))
+        due, taken_over = await self._db(self._write_confirmed, confirmed, dict(self.state.fetching))
+        if taken_over:
+            self.state.release(taken_over)
+            self.api.client.scheduler.deadlines_moved()
+        return due
+
+    async def _ids_listed_again(self) -> set[str] | None:
+        """The session ids of a second listing, or None if it did not complete (or held an item
+        without a usable id, which cannot prove an absence)."""
+        listing = self.api.listing()
+        ids: set[str] = set()
+        try:
+            async with aclosing(aiter(listing)) as pages:
+                async for items in pages:
+                    for item in items:
+                        listed_id = _listed_id(item)
+                        if listed_id is None:
+                            return None
+                        ids.add(listed_id)
+        except RetriableError:
+            return None
+        finally:
+            self.pages += listing.pages
+        return ids if listing.complete else None
+
+    def _write_confirmed(self, confirmed: Sequence[str], claims: Mapping[str, Claim]) -> tuple[list[dict[str, Any]], set[str]]:
+        """Vanish the sessions the second listing confirmed gone (still active), then close the
+        listing's writes as _write_listed does."""
+        writes = _Writes()
+        with self._transaction() as conn:
+            for row in store.load_sessions(conn, self.account_id, confirmed).values():
+                if row["status"] == ACTIVE:
+                    writes.add(lifecycle.observe_vanished(row, at=self.suspect_at, run_id=self.run_id))
+                    self.counts["vanished"] += 1
+            writes.store_rows(conn)
+            taken_over = owed_more_urgently(claims, writes.rows)
+            due = self._end_write(conn, claims.keys() - taken_over)
         return due, taken_over
 
     def _read_due(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
@@ -475,7 +572,10 @@ class _Cycle:
         if not self.listing_complete:
             return
         at = self.clock()
-        absent = store.active_ids_absent_from(conn, self.account_id, self.seen)
+        absent, active = store.active_ids_absent_from(conn, self.account_id, self.seen)
+        if len(absent) >= MASS_VANISH_LEAST and len(absent) > active * MASS_VANISH_SHARE:
+            self.suspect, self.suspect_at = absent, at  # for a second listing to confirm
+            return
         for row in store.load_sessions(conn, self.account_id, absent).values():
             writes.add(lifecycle.observe_vanished(row, at=at, run_id=self.run_id))
             self.counts["vanished"] += 1
@@ -572,15 +672,28 @@ class _Cycle:
         try:
             body = await self.api.get_session(
                 session_id, priority=DETAIL_PRIORITIES.get(reason, Priority.NEW), key=since.timestamp(),
-                deadline=Deadline(also=give_up),
+                deadline=Deadline(also=give_up), abort=self.stop_details,
             )
         except DeadlineReached:
             return known, DEFERRED if self._worth_fetching(known) else WAIVED, None
         except RetriableError as exc:
+            if isinstance(exc, NoAnswer):
+                self._no_answer()
             return known, None, exc
         finally:
             self.state.unclaim(self.run_id, (session_id,))
+        self.failing_in_a_row = 0
         return known, body, None
+
+    def _no_answer(self) -> None:
+        """A detail request got no answer at all, its retries spent. After a few in a row,
+        Cloudflare is unreachable for now: the requests still waiting give up (they stay owed)
+        rather than each spend its timeouts and retries for nothing."""
+        self.failing_in_a_row += 1
+        if self.failing_in_a_row == UNANSWERED_IN_A_ROW:
+            self.errors.append(f"{UNANSWERED_IN_A_ROW} detail requests in a row got no answer: the rest wait for the next cycle")
+            self.stop_details.at = -math.inf
+            self.api.client.scheduler.deadlines_moved()
 
     def _count_carried(self) -> None:
         with self.engine.connect() as conn:

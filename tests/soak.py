@@ -172,6 +172,8 @@ class TcpProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.refusing = False
+        self.forwarding = threading.Event()
+        self.forwarding.set()
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, name="db-proxy", daemon=True).start()
@@ -193,7 +195,7 @@ class TcpProxy:
             with self.lock:
                 self.pairs.append((client, server))
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=_pump, args=(source, sink, self.forwarding), daemon=True).start()
 
     @contextmanager
     def outage(self) -> Iterator[None]:
@@ -209,7 +211,17 @@ class TcpProxy:
         finally:
             self.refusing = False
 
+    @contextmanager
+    def stalled(self) -> Iterator[None]:
+        """Keep every connection open but forward nothing inside the block: a peer gone silent."""
+        self.forwarding.clear()
+        try:
+            yield
+        finally:
+            self.forwarding.set()
+
     def close(self) -> None:
+        self.forwarding.set()
         self.listener.close()
         with self.lock:
             for pair in self.pairs:
@@ -217,9 +229,10 @@ class TcpProxy:
                     _close(sock)
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, forwarding: threading.Event) -> None:
     try:
         while data := source.recv(65536):
+            forwarding.wait()
             sink.sendall(data)
     except OSError:
         pass

@@ -78,7 +78,8 @@ def permissive_settings(base_url: str) -> Settings:
 def test_an_unverifiable_certificate_is_refused_at_once_whatever_the_settings(tls_server: str) -> None:
     async def probe() -> None:
         async with client_from_settings(permissive_settings(tls_server)) as client:
-            await client.account(ACCOUNT, RequestStats()).probe()
+            async for _page in client.account(ACCOUNT, RequestStats()).listing():
+                pass
 
     with pytest.raises(FatalError, match="TLS certificate of 127.0.0.1 refused: .*certificate") as info:
         asyncio.run(probe())

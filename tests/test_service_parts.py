@@ -9,7 +9,6 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy import Connection, Engine, select
 
 from archiver import locks
 from archiver.cloudflare import RequestStats
-from archiver.config import settings_from
 from archiver.emulator import Emulator
 from archiver.errors import LeaseLostError
 from archiver.metrics import Metrics, MetricsServer
