@@ -275,7 +275,7 @@ class CloudflareClient:
                 try:
                     return await self._get_once(path, params, stats, missing_ok, expect, doubt)
                 finally:
-                    self.scheduler.release()
+                    self.scheduler.release(priority)
             except UpstreamError as exc:
                 if attempt >= self.max_retries:
                     if isinstance(exc, DoubtfulAnswer):
@@ -530,14 +530,14 @@ def scheduler_for(settings: Settings) -> RequestScheduler:
         (settings.base_url, fingerprint),
         lambda: RequestScheduler(
             peak_rate=settings.rate_limit, limit=settings.budget_requests, window=settings.upstream_limit_window_seconds,
-            max_in_flight=connections_for(settings),
+            max_in_flight=connections_for(settings), max_details_in_flight=settings.detail_concurrency,
         ),
     )
 
 
 def connections_for(settings: Settings) -> int:
     """Requests in flight at once: the detail concurrency, and room for a listing beside it."""
-    return max(settings.detail_concurrency, 4)
+    return settings.detail_concurrency + 1
 
 
 def _json_name(value: Any) -> str:

@@ -88,8 +88,8 @@ THROTTLED_DETAIL_SHARE = 0.5
 
 class RequestScheduler:
     """Grants requests within ``limit`` per ``window`` seconds (None: no window), at most
-    ``peak_rate`` per second and ``max_in_flight`` at once, keeping ``listing_reserve`` of every
-    window for listing pages. A granted request is in flight until its caller calls :meth:`release`.
+    ``peak_rate`` per second and ``max_in_flight`` at once (of which at most
+    ``max_details_in_flight`` details), keeping ``listing_reserve`` of every window for listing pages. A granted request is in flight until its caller calls :meth:`release`.
 
     Requests wait here rather than for a connection elsewhere, so that a connection freed goes to
     the most urgent request too: a listing never queues behind details for one.
@@ -97,15 +97,19 @@ class RequestScheduler:
 
     def __init__(
         self, *, peak_rate: float, limit: int | None = None, window: float = 300.0, max_in_flight: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        max_details_in_flight: int | None = None, clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if not peak_rate > 0 or (limit is not None and limit < 1) or not window > 0 or (max_in_flight is not None and max_in_flight < 1):
-            raise ValueError("peak_rate and window must be positive, limit and max_in_flight at least 1")
+        if not peak_rate > 0 or not window > 0 or any(
+            bound is not None and bound < 1 for bound in (limit, max_in_flight, max_details_in_flight)
+        ):
+            raise ValueError("peak_rate and window must be positive, limit and the in-flight bounds at least 1")
         self._limit = limit
         self.window = window
         self.max_in_flight = max_in_flight
+        self.max_details_in_flight = max_details_in_flight
         self.in_flight = 0
+        self.details_in_flight = 0
         self.spacing = 1.0 / peak_rate
         self._listing_reserve = 0
         self.granted: Counter[Priority] = Counter()
@@ -157,12 +161,15 @@ class RequestScheduler:
                     waiter.gone = True
                     self._gone += 1
             elif waiter.future.exception() is None:
-                self.release()  # granted, but its caller is gone before it could send
+                self.release(waiter.priority)  # granted, but its caller is gone before it could send
             raise
 
-    def release(self) -> None:
-        """A granted request is done (answered, failed or abandoned): its place in flight is free."""
+    def release(self, priority: int) -> None:
+        """A granted request (of ``priority``) is done (answered, failed or abandoned): its place
+        in flight is free."""
         self.in_flight -= 1
+        if priority != Priority.LIST:
+            self.details_in_flight -= 1
         self.wake()
 
     def hold_off(self, seconds: float) -> None:
@@ -292,6 +299,8 @@ class RequestScheduler:
             return slot - now
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             return None  # until a release wakes the dispatcher
+        if priority != Priority.LIST and self.max_details_in_flight is not None and self.details_in_flight >= self.max_details_in_flight:
+            return None  # a listing waiting would be at the head of the queue instead
         self._forget_before(now - self.window)
         if self._allowed(priority, now):
             return 0.0
@@ -304,6 +313,7 @@ class RequestScheduler:
         self.in_flight += 1
         self._sent.append(now)
         if priority != Priority.LIST:
+            self.details_in_flight += 1
             self._details.append(now)
         self._next_slot = now + self.spacing
         self.granted[Priority(priority)] += 1

@@ -63,9 +63,9 @@ def make(vt: VirtualTime, rate: float, **kwargs: Any) -> RequestScheduler:
 
 
 async def timed(scheduler: RequestScheduler, vt: VirtualTime, priority: Priority = Priority.LIST, key: float = 0.0,
-                deadline: Deadline | None = None, label: Any = None) -> tuple[float, Grant, Any]:
+                deadline: Deadline | None = None, label: Any = None, place: int | None = None) -> tuple[float, Grant, Any]:
     """(simulated time the request was granted, its grant, a label to tell callers apart)."""
-    grant = await scheduler.acquire(priority, key, deadline)
+    grant = await scheduler.acquire(priority, key, deadline, place)
     return vt.elapsed(), grant, label
 
 
@@ -191,6 +191,22 @@ def test_waiting_requests_go_by_priority_then_key() -> None:
     assert order == ["list", "vanished-early", "vanished-late", "closing", "changed", "new-0", "new-1"]
 
 
+def test_a_retry_keeps_its_place_among_requests_of_its_priority_and_key() -> None:
+    vt = VirtualTime()
+    scheduler = make(vt, 1.0)
+
+    async def first_fails_then_retries() -> list[Any]:
+        first = await scheduler.acquire(Priority.NEW)  # sent, and (say) failed
+        later = [asyncio.ensure_future(timed(scheduler, vt, Priority.NEW, label=f"later-{n}")) for n in range(3)]
+        await asyncio.sleep(0)  # they queue up behind it
+        retry = await timed(scheduler, vt, Priority.NEW, label="retry", place=first.place)
+        return [retry, *await asyncio.gather(*later)]
+
+    (results,) = run(vt, first_fails_then_retries())
+    order = [label for _, _, label in sorted(results, key=lambda r: r[0])]
+    assert order == ["retry", "later-0", "later-1", "later-2"]
+
+
 def test_a_listing_behind_a_backlog_of_details_goes_next() -> None:
     vt = VirtualTime()
     scheduler = make(vt, 2.0, limit=300, window=300.0)
@@ -218,7 +234,7 @@ def test_no_more_than_max_in_flight_at_once_and_a_freed_place_goes_to_the_most_u
         order.append(label)
         assert scheduler.in_flight <= 2
         await vt.sleep(lasts)
-        scheduler.release()
+        scheduler.release(priority)
 
     async def listing_later() -> None:
         await vt.sleep(0.5)
@@ -227,6 +243,26 @@ def test_no_more_than_max_in_flight_at_once_and_a_freed_place_goes_to_the_most_u
     run(vt, *(request(Priority.NEW, f"new-{i}", 1.0) for i in range(4)), listing_later())
     assert order == ["new-0", "new-1", "list", "new-2", "new-3"]  # the listing took the first place freed
     assert scheduler.in_flight == 0
+
+
+def test_details_keep_to_their_own_bound_in_flight_and_a_listing_goes_beside_them() -> None:
+    vt = VirtualTime()
+    scheduler = make(vt, 1000.0, max_in_flight=2, max_details_in_flight=1)
+    spans: dict[str, tuple[float, float]] = {}
+
+    async def request(priority: Priority, label: str, lasts: float, after: float = 0.0) -> None:
+        await vt.sleep(after)
+        await scheduler.acquire(priority)
+        started = vt.elapsed()
+        assert scheduler.details_in_flight <= 1
+        await vt.sleep(lasts)
+        scheduler.release(priority)
+        spans[label] = (started, vt.elapsed())
+
+    run(vt, *(request(Priority.NEW, f"new-{i}", 1.0) for i in range(3)), request(Priority.LIST, "list", 0.1, after=0.5))
+    assert [round(spans[f"new-{i}"][0]) for i in range(3)] == [0, 1, 2]  # one detail at a time
+    assert spans["list"][0] == pytest.approx(0.5)  # beside the detail in flight, not after it
+    assert scheduler.in_flight == scheduler.details_in_flight == 0
 
 
 def test_a_caller_cancelled_once_granted_frees_its_place() -> None:
@@ -239,7 +275,7 @@ def test_a_caller_cancelled_once_granted_frees_its_place() -> None:
         await asyncio.sleep(0)
         assert scheduler.waiting == 1
         vt.now += 1.0  # past the peak rate's spacing: only the place in flight holds it back
-        scheduler.release()
+        scheduler.release(Priority.NEW)
         for _ in range(20):  # the dispatcher grants it the place freed...
             await asyncio.sleep(0)
             if scheduler.in_flight:
@@ -406,8 +442,9 @@ def test_after_a_429_details_use_half_their_room_for_a_window() -> None:
 @pytest.mark.parametrize(
     "params",
     [{"peak_rate": 0.0}, {"peak_rate": -1.0}, {"peak_rate": math.nan}, {"peak_rate": 1.0, "limit": 0},
-     {"peak_rate": 1.0, "window": 0.0}, {"peak_rate": 1.0, "max_in_flight": 0}],
-    ids=["zero-rate", "negative-rate", "nan-rate", "zero-limit", "zero-window", "nothing-in-flight"],
+     {"peak_rate": 1.0, "window": 0.0}, {"peak_rate": 1.0, "max_in_flight": 0},
+     {"peak_rate": 1.0, "max_details_in_flight": 0}],
+    ids=["zero-rate", "negative-rate", "nan-rate", "zero-limit", "zero-window", "nothing-in-flight", "no-detail-in-flight"],
 )
 def test_nonsense_is_refused(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
