@@ -39,6 +39,10 @@ class Priority(IntEnum):
     CLOSING = 2
     CHANGED = 3
     NEW = 4
+    # A detail asked again (the last answer lacked the end or the reason, or never came): after
+    # every first ask, since a session whose detail answered 404 has likely been forgotten, while
+    # one that vanished since can still be caught.
+    AGAIN = 5
 
 
 class DeadlineReached(ArchiverError):

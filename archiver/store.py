@@ -74,6 +74,8 @@ _DUE_FOR_DETAIL = (
     select(sessions_table)
     .where(sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.detail_due.is_not(None))
     .order_by(
+        # First asks before asks again (see scheduler.Priority.AGAIN), then by what is owed.
+        case((sessions_table.c.detail_attempts > 0, 1), else_=0),
         case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9),
         # Oldest vanish first (Cloudflare forgets those first); the others oldest first.
         func.coalesce(sessions_table.c.vanished_at, sessions_table.c.first_seen_at),
@@ -253,8 +255,9 @@ def active_ids_absent_from(conn: Connection, account_id: str, present: Container
 
 
 def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[dict[str, Any]]:
-    """Sessions owed a detail fetch, most urgent first (vanished, closing, changed, new; the oldest
-    vanish first, the others oldest first), but those in ``but``."""
+    """Sessions owed a detail fetch, most urgent first (first asks before asks again; then
+    vanished, closing, changed, new; the oldest vanish first, the others oldest first), but those
+    in ``but``."""
     if limit <= 0:
         return []
     params: dict[str, Any] = {"account_id": account_id, "limit": limit}

@@ -85,6 +85,15 @@ SKIPPED = "skipped"
 DETAIL_PRIORITIES = {
     "vanished": Priority.VANISHED, "closing": Priority.CLOSING, "changed": Priority.CHANGED, "new": Priority.NEW,
 }
+
+
+def _detail_priority(known: Mapping[str, Any]) -> Priority:
+    """A first ask in the order of what it is owed for; any ask again after all of them (under
+    a backlog, a retry for a session Cloudflare has likely forgotten must not crowd out the
+    first ask for one that vanished since)."""
+    return Priority.AGAIN if known["detail_attempts"] else DETAIL_PRIORITIES.get(known["detail_due"], Priority.NEW)
+
+
 # A detail whose turn did not come before the cycle's details deadline: still owed, not failed.
 DEFERRED = object()
 # A detail the detail mode no longer wants (a new or changed session, the listing trusted).
@@ -671,7 +680,7 @@ class _Cycle:
             give_up += (claim.released,)
         try:
             body = await self.api.get_session(
-                session_id, priority=DETAIL_PRIORITIES.get(reason, Priority.NEW), key=since.timestamp(),
+                session_id, priority=_detail_priority(known), key=since.timestamp(),
                 deadline=Deadline(also=give_up), abort=self.stop_details,
             )
         except DeadlineReached:
