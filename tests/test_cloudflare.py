@@ -201,6 +201,20 @@ def test_items_with_any_json_session_id_are_paged_over_and_passed_on(bad_id: Any
     assert sum(item["sessionId"] == bad_id for page in pages for item in page) == 3
 
 
+def test_a_list_that_never_ends_but_creeps_forward_is_not_paged_for_ever() -> None:
+    requests: list[int] = []
+
+    def creeping(request: httpx.Request) -> httpx.Response:
+        # Every page overlaps the one before, as a real list does, but brings 5 new sessions only.
+        requests.append(int(request.url.params["offset"]))
+        start = 5 * (len(requests) - 1)
+        return httpx.Response(200, json=[session(n) for n in range(start, start + 200)])
+
+    listing, pages, _, _ = list_all(creeping)
+    assert not listing.complete and "the list does not end" in (listing.problem or "")
+    assert len(requests) == len(pages) == 4  # 215 sessions need 2 pages, and a little slack
+
+
 def test_listing_left_early_is_not_complete() -> None:
     server = ListServer([session(n) for n in range(450)])
 
