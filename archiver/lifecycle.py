@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, GONE, VANISHED
+from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, FINAL_STATE_DUES, GONE, VANISHED
 from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
 
 # A vanished session whose details still show no end (or no close reason, or nothing at all) is
@@ -25,8 +25,6 @@ from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, mer
 MAX_DETAIL_ATTEMPTS = 3
 # What a closed session's details should tell; while one is missing the detail is asked again.
 CLOSING_FIELDS = ("end_time", "close_reason", "close_reason_text")
-# Detail reasons about a session's final state: a 404 or null for one is asked again a few times.
-FINAL_STATE_DUES = ("vanished", "closing")
 Row = dict[str, Any]
 
 

@@ -27,7 +27,11 @@ GONE = "gone"  # Cloudflare forgot it (404) before we learned its end
 STATUSES = (ACTIVE, CLOSED, VANISHED, GONE)
 # Why a detail fetch is owed, most urgent first: a vanished session's final state is about to go;
 # a closed one's reason is missing; a changed or new one may carry what its listing did not.
-DETAIL_PRIORITY = {"vanished": 0, "closing": 1, "changed": 2, "new": 3}
+DETAIL_PRIORITY = {"vanished": 0, "closing": 1, "changed": 3, "new": 4}
+# The dues about a session's final state: a 404 or null for one is asked again a few times, and
+# one asked again ranks between them and the others.
+FINAL_STATE_DUES = ("vanished", "closing")
+AGAIN_RANK = 2
 
 
 # The text SQLAlchemy's SQLite DATETIME stores (its default storage format).

@@ -37,12 +37,13 @@ class Priority(IntEnum):
     LIST = 0
     VANISHED = 1
     CLOSING = 2
-    CHANGED = 3
-    NEW = 4
-    # A detail asked again (the last answer lacked the end or the reason, or never came): after
-    # every first ask, since a session whose detail answered 404 has likely been forgotten, while
-    # one that vanished since can still be caught.
-    AGAIN = 5
+    # A final state asked again (the last answer lacked the end or the reason, or never came):
+    # after every first ask for one, since a session whose detail answered 404 has likely been
+    # forgotten, while one that vanished since can still be caught; before changed and new ones,
+    # which keep.
+    AGAIN = 3
+    CHANGED = 4
+    NEW = 5
 
 
 class DeadlineReached(ArchiverError):

@@ -10,14 +10,14 @@ from collections.abc import Collection, Container, Iterable, Iterator, Mapping, 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, Table, bindparam, case, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Executable, Table, and_, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from archiver import sqlitefile
 from archiver.errors import ConfigError
-from archiver.models import ACTIVE, DETAIL_PRIORITY, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+from archiver.models import ACTIVE, AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, BrowserSession, RejectedRecord, SessionVersion, SyncRun
 from archiver.records import STATE_FIELDS
 from archiver.storable import bounded_text, json_bytes
 
@@ -74,9 +74,12 @@ _DUE_FOR_DETAIL = (
     select(sessions_table)
     .where(sessions_table.c.account_id == bindparam("account_id"), sessions_table.c.detail_due.is_not(None))
     .order_by(
-        # First asks before asks again (see scheduler.Priority.AGAIN), then by what is owed.
-        case((sessions_table.c.detail_attempts > 0, 1), else_=0),
-        case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9),
+        # By what is owed, a final state asked again after the first asks for one (see
+        # scheduler.Priority.AGAIN).
+        case(
+            (and_(sessions_table.c.detail_attempts > 0, sessions_table.c.detail_due.in_(FINAL_STATE_DUES)), AGAIN_RANK),
+            else_=case(DETAIL_PRIORITY, value=sessions_table.c.detail_due, else_=9),
+        ),
         # Oldest vanish first (Cloudflare forgets those first); the others oldest first.
         func.coalesce(sessions_table.c.vanished_at, sessions_table.c.first_seen_at),
         sessions_table.c.session_id,
@@ -255,9 +258,8 @@ def active_ids_absent_from(conn: Connection, account_id: str, present: Container
 
 
 def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[dict[str, Any]]:
-    """Sessions owed a detail fetch, most urgent first (first asks before asks again; then
-    vanished, closing, changed, new; the oldest vanish first, the others oldest first), but those
-    in ``but``."""
+    """Sessions owed a detail fetch, most urgent first (vanished, closing, those two asked again,
+    changed, new; the oldest vanish first, the others oldest first), but those in ``but``."""
     if limit <= 0:
         return []
     params: dict[str, Any] = {"account_id": account_id, "limit": limit}

@@ -30,7 +30,7 @@ from archiver.config import Settings
 from archiver.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.errors import ArchiverError, AuthError, BadRecordError, RetriableError, first_line
 from archiver.locks import worker_id
-from archiver.models import ACTIVE
+from archiver.models import ACTIVE, FINAL_STATE_DUES
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
 from archiver.scheduler import Deadline, DeadlineReached, Priority
 
@@ -88,10 +88,12 @@ DETAIL_PRIORITIES = {
 
 
 def _detail_priority(known: Mapping[str, Any]) -> Priority:
-    """A first ask in the order of what it is owed for; any ask again after all of them (under
-    a backlog, a retry for a session Cloudflare has likely forgotten must not crowd out the
-    first ask for one that vanished since)."""
-    return Priority.AGAIN if known["detail_attempts"] else DETAIL_PRIORITIES.get(known["detail_due"], Priority.NEW)
+    """In the order of what the detail is owed for; a final state asked again after every first
+    ask for one (under a backlog, a retry for a session Cloudflare has likely forgotten must not
+    crowd out the first ask for one that vanished since)."""
+    if known["detail_attempts"] and known["detail_due"] in FINAL_STATE_DUES:
+        return Priority.AGAIN
+    return DETAIL_PRIORITIES.get(known["detail_due"], Priority.NEW)
 
 
 # A detail whose turn did not come before the cycle's details deadline: still owed, not failed.

@@ -144,16 +144,18 @@ def test_due_for_detail_orders_by_urgency_then_age(engine: Engine) -> None:
         session_row(sid(3), detail_due="vanished", first_seen_at=T0 + timedelta(seconds=9)),
         session_row(sid(4), detail_due="changed", first_seen_at=T0 + timedelta(seconds=1)),
         session_row(sid(5), detail_due=None),
-        # Asked before (its detail lacked the end): after every first ask, though it vanished earliest.
+        # Asked before (its detail lacked the end): after the first asks for final states, though
+        # it vanished earliest, and before changed and new ones (a changed one asked again keeps its rank).
         session_row(sid(6), detail_due="vanished", first_seen_at=T0, detail_attempts=1),
+        session_row(sid(7), detail_due="changed", first_seen_at=T0 + timedelta(seconds=2), detail_attempts=1),
     ]
     with engine.begin() as conn:
         store.upsert(conn, store.sessions_table, rows, store.SESSION_KEY)
     with engine.connect() as conn:
-        due = [r["session_id"] for r in store.sessions_due_for_detail(conn, ACCOUNT, 5)]
-        assert store.count_due_for_detail(conn, ACCOUNT) == 5
+        due = [r["session_id"] for r in store.sessions_due_for_detail(conn, ACCOUNT, 6)]
+        assert store.count_due_for_detail(conn, ACCOUNT) == 6
         assert store.sessions_due_for_detail(conn, ACCOUNT, 0) == []
-    assert due == [sid(3), sid(4), sid(2), sid(1), sid(6)]
+    assert due == [sid(3), sid(6), sid(4), sid(7), sid(2), sid(1)]
 
 
 def test_touch_seen_moves_only_the_given_sessions(engine: Engine) -> None:
