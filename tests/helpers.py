@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,7 @@ from sqlalchemy import Engine, select
 from archiver.cloudflare import CloudflareClient, RequestStats
 from archiver.config import Credentials
 from archiver.records import ms_to_datetime
-from archiver.store import sessions_table, versions_table
+from archiver.store import runs_table, sessions_table, versions_table
 from archiver.sync import CycleOptions, CycleResult, run_cycle
 
 
@@ -35,6 +37,23 @@ def cycle(
             return await run_cycle(client.account(account, RequestStats()), engine, CycleOptions(**options))
 
     return asyncio.run(go())
+
+
+def archiver_environment(base_url: str, token: str, accounts: Sequence[str], database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of an `archiver` process against an emulator: this process's, without any
+    archiver or Cloudflare setting of its own, and with these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
+    env.update({
+        "CLOUDFLARE_API_TOKEN": token, "CLOUDFLARE_ACCOUNT_ID": ",".join(accounts), "CLOUDFLARE_BASE_URL": base_url,
+        "ARCHIVER_DATABASE_URL": database_url, **settings,
+    })
+    return env
+
+
+def ledger(engine: Engine) -> list[dict[str, Any]]:
+    """Every ledger row, oldest first."""
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(runs_table).order_by(runs_table.c.id)).mappings()]
 
 
 def archived(engine: Engine, account_id: str | None = None) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ and runs `archiver sync` or `archiver run` (real processes where signals matter)
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -32,26 +31,16 @@ from archiver.emulator.server import Reply
 from archiver.locks import leases
 from archiver.metrics import Metrics
 from archiver.runner import Runner
-from archiver.store import make_engine, runs_table
-from tests.helpers import archived, cycle
+from archiver.store import make_engine
+from tests.helpers import archived, archiver_environment, cycle, ledger
 from tests.soak import TcpProxy
 from tests.test_service import free_port
 
 A = "a" * 32
 
 
-def ledger(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(runs_table).order_by(runs_table.c.id)).mappings()]
-
-
 def environment(base_url: str, token: str, accounts: list[str], database_url: str, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
-    env.update({
-        "CLOUDFLARE_API_TOKEN": token, "CLOUDFLARE_ACCOUNT_ID": ",".join(accounts), "CLOUDFLARE_BASE_URL": base_url,
-        "ARCHIVER_DATABASE_URL": database_url, "ARCHIVER_RATE_LIMIT": "100", **settings,
-    })
-    return env
+    return archiver_environment(base_url, token, accounts, database_url, ARCHIVER_RATE_LIMIT="100", **settings)
 
 
 def archiver(command: str, env: dict[str, str]) -> subprocess.Popen[str]:

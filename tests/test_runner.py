@@ -5,7 +5,6 @@ enforced per-token limit (the emulator's, on its accelerated clock)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -22,28 +21,13 @@ from archiver.detailmode import sampled
 from archiver.emulator import Emulator
 from archiver.locks import leases
 from archiver.runner import Runner, sync_accounts
-from archiver.store import make_engine, runs_table
-from tests.helpers import archived
-
-
-def ledger(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(runs_table).order_by(runs_table.c.id)).mappings()]
+from archiver.store import make_engine
+from tests.helpers import archived, archiver_environment, ledger
 
 
 def environment(emulator: Emulator, server: Any, db: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
-    env.update(
-        {
-            "CLOUDFLARE_API_TOKEN": emulator.token,
-            "CLOUDFLARE_ACCOUNT_ID": ",".join(emulator.account_ids),
-            "CLOUDFLARE_BASE_URL": server.base_url,
-            "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
-            "ARCHIVER_RATE_LIMIT": "100",
-            **settings,
-        }
-    )
-    return env
+    return archiver_environment(server.base_url, emulator.token, emulator.account_ids, f"sqlite:///{db}",
+                                ARCHIVER_RATE_LIMIT="100", **settings)
 
 
 def sync_process(env: dict[str, str]) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 
 from archiver.emulator import Emulator
 from archiver.store import make_engine, runs_table
-from tests.helpers import PollLog, compare_with_truth
+from tests.helpers import PollLog, archiver_environment, compare_with_truth
 
 
 def free_port() -> int:
@@ -30,17 +30,9 @@ def free_port() -> int:
 class RunningService:
     def __init__(self, emulator: Emulator, server: Any, db: Path, **settings: str) -> None:
         self.metrics_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "ARCHIVER_"))}
-        env.update(
-            {
-                "CLOUDFLARE_API_TOKEN": emulator.token,
-                "CLOUDFLARE_ACCOUNT_ID": ",".join(emulator.account_ids),
-                "CLOUDFLARE_BASE_URL": server.base_url,
-                "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
-                "ARCHIVER_METRICS_PORT": str(self.metrics_port),
-                "ARCHIVER_LOG_FORMAT": "json",
-                **settings,
-            }
+        env = archiver_environment(
+            server.base_url, emulator.token, emulator.account_ids, f"sqlite:///{db}",
+            ARCHIVER_METRICS_PORT=str(self.metrics_port), ARCHIVER_LOG_FORMAT="json", **settings,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "archiver", "run", "--auto-migrate"],
