@@ -159,6 +159,11 @@ def live_holders(conn: Connection, now: datetime) -> set[str]:
     return set(conn.scalars(select(c.holder).where(c.expires_at >= now)))
 
 
+def held_by_others(conn: Connection, holder: str, now: datetime) -> set[str]:
+    """The accounts whose lease another worker holds, valid now."""
+    return set(conn.scalars(select(c.account_id).where(c.expires_at >= now, c.holder != holder)))
+
+
 def holder_of(engine: Engine, account_id: str) -> str | None:
     """Who holds the account's lease (live or lapsed), if anyone."""
     with engine.connect() as conn:

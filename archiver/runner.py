@@ -156,6 +156,12 @@ class Runner:
         try:
             # On the database thread, and let go on a signal: a locked ledger must not hold a stop.
             await self._until_stopped(self._on_shared_db(self._count_earlier_requests))
+            # Leases other replicas hold now: this process's share of the budget is known before
+            # its first request, not only once its own attempts on those accounts have failed.
+            elsewhere: set[str] = set()
+            if await self._until_stopped(self._on_shared_db(self._read_leases, elsewhere)):
+                self.held_elsewhere |= elsewhere & set(self.accounts)
+                self._share_budget()
             async with client_from_settings(self.settings, scheduler=self.requests) as client:
                 self.client = client
                 heartbeat = asyncio.create_task(self._heartbeat())
@@ -177,6 +183,14 @@ class Runner:
                 loop.remove_signal_handler(sig)
                 # Everything is written and released: a late signal must not turn a clean exit into a kill.
                 signal.signal(sig, signal.SIG_IGN)
+
+    def _read_leases(self, elsewhere: set[str]) -> None:
+        """Fill ``elsewhere`` with the accounts other workers hold (on a database thread)."""
+        try:
+            with self.engine.connect() as conn:
+                elsewhere |= locks.held_by_others(conn, self.options.worker, self.clock())
+        except SQLAlchemyError as exc:
+            log.warning("cannot read the leases: %s", first_line(exc))
 
     def _count_earlier_requests(self) -> None:
         """A fresh scheduler counts what the ledger says this token's accounts asked within the
