@@ -8,6 +8,7 @@ ARCHIVER_SOAK_* environment variables).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import random
 import signal
@@ -45,7 +46,12 @@ class SoakPlan:
     interval_s: float = 0.3
     speed: float = 10.0  # simulated seconds per real second
     mean_lifetime_s: float = 1800.0  # simulated
-    retention_s: float = 60.0  # simulated: closed sessions answer 404 after this
+    # Simulated: closed sessions answer 404 after this. Longer than the worst run of scripted
+    # disruptions (the outage, a SIGKILL just after it and the restart: about 5 s of real time,
+    # 50 simulated seconds), so that a close the archive could not yet write when they struck
+    # is still there to be asked for once it is back: a shorter retention turns that
+    # coincidence into a lost close no archiver could have kept.
+    retention_s: float = 120.0
     fault_share: float = 0.2
     kills: int = 3
     outage_s: float = 3.0
@@ -242,10 +248,8 @@ def _pump(source: socket.socket, sink: socket.socket, forwarding: threading.Even
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -306,7 +310,10 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
     supervisor.start()
     for mark, event in events:
         # every event hits a service that is up and polling, not one still starting
-        _wait_for(lambda: _progress(engine, emulator, plan, since=supervisor.started_at) >= mark, supervisor, started, plan.deadline_s)
+        def ready(mark: float = mark) -> bool:
+            return _progress(engine, emulator, plan, since=supervisor.started_at) >= mark
+
+        _wait_for(ready, supervisor, started, plan.deadline_s)
         time.sleep(rng.uniform(0, 2 * plan.interval_s))  # a random moment, often mid-cycle
         if event == "kill":
             supervisor.kill()
@@ -324,7 +331,7 @@ def drive(plan: SoakPlan, emulator: Emulator, supervisor: Supervisor, engine: En
             # listing has met it (a cycle failing on something else meanwhile would not)
             shifted_at = time.time()
             emulator.set_faults(drift_closes=12)
-            _wait_for(lambda: _flagged_incomplete_since(engine, shifted_at), supervisor, started, plan.deadline_s)
+            _wait_for(lambda at=shifted_at: _flagged_incomplete_since(engine, at), supervisor, started, plan.deadline_s)
             emulator.set_faults(drift_closes=2)
     _wait_for(lambda: _progress(engine, emulator, plan) >= 1.0, supervisor, started, plan.deadline_s)
     run.stop_code = supervisor.stop()
@@ -409,6 +416,7 @@ class SoakFigures:
             f"lost {len(self.sessions_lost)}",
             f"close reasons: {self.close_reasons_expected} retrievable for two successful polls after closing, "
             f"lost {len(self.close_reasons_lost)}",
+            *(f"  lost close: {lost}" for lost in self.close_reasons_lost),
             f"duplicate rows: {len(self.duplicate_rows)}",
             f"incomplete listings: {self.incomplete_listings}, unflagged {len(self.incomplete_unflagged)} "
             f"(flagged conservatively though complete: {self.flagged_though_complete})",
@@ -434,7 +442,7 @@ def compare(run: SoakRun, engine: Engine) -> SoakFigures:
     figures.stray_requests = stats.get("route:unknown", 0) + stats.get("status:400", 0)
     figures.sessions_in_truth = len(truth)
     _check_listed(figures, run, runs, rows, truth, pages)
-    _check_close_reasons(figures, run, runs, rows, truth)
+    _check_close_reasons(figures, run, runs, rows, truth, versions)
     _check_duplicates(figures, rows, versions)
     _check_listings(figures, run, runs, truth, pages)
     _check_vanished(figures, run, versions, truth)
@@ -507,12 +515,12 @@ def _served_in(run: SoakRun, page: ServedPage, r: dict[str, Any]) -> str:
 
 
 def _check_close_reasons(figures: SoakFigures, run: SoakRun, runs: list[dict[str, Any]], rows: dict[Any, Any],
-                         truth: dict[Any, dict[str, Any]]) -> None:
-    complete = {}
+                         truth: dict[Any, dict[str, Any]], versions: list[dict[str, Any]]) -> None:
+    complete: dict[str, list[tuple[float, float, int]]] = {}
     for r in runs:
         if r["outcome"] in OK_OUTCOMES and r["listing_complete"]:
             complete.setdefault(r["account_id"], []).append(
-                (run.sim_ms(r["started_at"].timestamp()), run.sim_ms(listing_end(r).timestamp()))
+                (run.sim_ms(r["started_at"].timestamp()), run.sim_ms(listing_end(r).timestamp()), r["id"])
             )
     for key, row in rows.items():
         item = truth.get(key)
@@ -526,7 +534,24 @@ def _check_close_reasons(figures: SoakFigures, run: SoakRun, runs: list[dict[str
         expected = (ms_to_datetime(item["endTime"]), str(item["closeReason"]), item["closeReasonText"])
         got = (row["end_time"], row["close_reason"], row["close_reason_text"])
         if row["status"] != "closed" or got != expected:
-            figures.close_reasons_lost.append(f"{key[1]}: archived {row['status']} {got}, upstream {expected}")
+            figures.close_reasons_lost.append(f"{key[1]}: archived {row['status']} {got}, upstream {expected}; "
+                                              + _close_story(run, item, polls_after, versions, runs))
+
+
+def _close_story(run: SoakRun, item: dict[str, Any], polls: list[tuple[float, float, int]],
+                 versions: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """How a lost close came about, in seconds since the soak began: when it closed and was
+    forgotten upstream, the complete listings between, and the versions the archive wrote."""
+    def since(sim_ms: float) -> str:
+        return f"{(sim_ms - run.sim0_ms) / 1000 / run.plan.speed:.3f}s"
+    started = {r["id"]: r["started_at"].timestamp() - run.wall0 for r in runs}
+    written = [f"{v['status']} by {v['source']} in run {v['run_id']} (started {started.get(v['run_id'], float('nan')):.3f}s) "
+               f"at {v['observed_at'].timestamp() - run.wall0:.3f}s"
+               for v in versions if v["session_id"] == item["sessionId"]]
+    forgotten = since(item["forgottenAtMs"]) if item["forgottenAtMs"] else "-"
+    return (f"closed at {since(item['closedAtMs'])}, forgotten at {forgotten}; complete listings between: "
+            + ", ".join(f"run {n} {since(a)}..{since(b)}" for a, b, n in polls)
+            + "; versions: " + "; ".join(written))
 
 
 def _check_duplicates(figures: SoakFigures, rows: dict[Any, Any], versions: list[dict[str, Any]]) -> None:
