@@ -10,14 +10,12 @@ import math
 import random
 import re
 import ssl
-import urllib.parse
-import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -26,7 +24,6 @@ from archiver.errors import AuthError, FatalError, RetriableError
 from archiver.records import UUID_PATTERN
 from archiver.redact import redact_text
 from archiver.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
-from archiver.transport import Answer, BodyTooLarge, StreamTransport, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,12 @@ PAGE_SIZE = 200
 # skipping sessions.
 PAGE_OVERLAP = 10
 MAX_BODY_BYTES = 16 * 1024 * 1024
-ACCEPT_ENCODING = b"gzip, deflate"
+# What the client decodes itself (one decoder, capped: a small body may unpack huge).
+ACCEPT_ENCODING = "gzip, deflate"
+# httpx's default keeps an idle connection 5 s: shorter than any poll interval, so every cycle
+# would open (and, against Cloudflare, handshake) a new one. The client keeps them at least this
+# long, and longer than its interval (see client_from_settings).
+KEEPALIVE_SECONDS = 60.0
 BACKOFF_BASE_SECONDS = 0.5
 ACCOUNT_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JSON_NAMES: dict[type, str] = {list: "array", dict: "object", str: "string", type(None): "null", bool: "boolean"}
@@ -89,7 +91,7 @@ class Listing:
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
 
-    async def __aiter__(self) -> AsyncIterator[list[Any]]:
+    async def __aiter__(self) -> AsyncGenerator[list[Any], None]:
         # The next page is requested before this one is handed over, so that the server prepares
         # it (and the network carries it) while the caller stores this one.
         offset = 0
@@ -188,6 +190,7 @@ class CloudflareClient:
         max_retry_wait: float = 60.0,
         max_connections: int = 16,
         scheduler: RequestScheduler | None = None,
+        keepalive_expiry: float = KEEPALIVE_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         # Without a scheduler of the token's (shared, with the rate budget's window), the client
@@ -200,28 +203,20 @@ class CloudflareClient:
         self.request_timeout = timeout
         self._random = random.Random()
         self._secrets = credentials.secrets()
-        if transport is None and not _proxy_configured():
-            transport = StreamTransport(ssl_context=httpx.create_ssl_context(), max_connections=max_connections)
+        self.keepalive_expiry = keepalive_expiry
+        # httpx's own transport (httpcore): proxies from the environment, TLS verified always.
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={**credentials.headers(), "Accept": "application/json", "User-Agent": "browser-session-archiver"},
+            headers={
+                **credentials.headers(), "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING,
+                "User-Agent": "browser-session-archiver",
+            },
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=keepalive_expiry),
             transport=transport,
             follow_redirects=False,
         )
-        self._timeout = self._http.timeout.as_dict()
-        # On the direct path (no proxy, no transport given), requests go to the stream transport as
-        # bytes: a request line and a header block fixed here, the client's own headers included.
-        url = self._http.base_url
-        self._stream = transport if isinstance(transport, StreamTransport) else None
-        self._origin = origin_of(url)
-        self._base_path = url.raw_path.rstrip(b"/")
-        self._raw_headers = [
-            (b"Host", url.netloc),
-            *((name, value) for name, value in self._http.headers.raw if name.lower() != b"accept-encoding"),
-            (b"Accept-Encoding", ACCEPT_ENCODING),
-        ]
 
     def account(self, account_id: str, stats: RequestStats) -> AccountAPI:
         """The API of one account, counting requests into ``stats``."""
@@ -303,12 +298,7 @@ class CloudflareClient:
             # The timeout bounds the whole request, not each read: a server that sends a byte a
             # second would otherwise hold it for ever.
             async with asyncio.timeout(self.request_timeout):
-                if self._stream is not None:
-                    answer = await self._fetch(path, params)
-                else:
-                    answer = await self._fetch_through_httpx(path, params)
-        except BodyTooLarge as exc:
-            raise UpstreamError(str(exc)) from exc
+                answer = await self._fetch(path, params)
         except TimeoutError as exc:
             stats.count(0)
             raise NoAnswer(f"no whole answer from {self._http.base_url.host} within {self.request_timeout:g}s") from exc
@@ -334,29 +324,22 @@ class CloudflareClient:
         raise self._error_for(answer, stats)
 
     async def _fetch(self, path: str, params: dict[str, Any] | None) -> Answer:
-        target = self._base_path + urllib.parse.quote(path).encode()
-        if params:
-            target += b"?" + urllib.parse.urlencode(params).encode()
-        answer = await self._stream.fetch(self._origin, target, self._raw_headers, self._timeout, MAX_BODY_BYTES)  # type: ignore[union-attr]
-        encoding = _header(answer.headers, b"content-encoding")
-        if encoding is None or encoding in (b"identity", b""):
-            return answer
-        return answer._replace(body=_decompressed(answer.body, encoding))
-
-    async def _fetch_through_httpx(self, path: str, params: dict[str, Any] | None) -> Answer:
-        """The request through httpx's client: a proxy, or a transport given by the caller."""
+        """The whole answer to a GET, its body as sent (capped) and then decoded (capped again)."""
         response = await self._http.send(self._http.build_request("GET", path, params=params), stream=True)
         try:
             body = await _read_capped(response)
         finally:
             await response.aclose()
-        return Answer(response.status_code, response.headers.raw, body, response.reason_phrase)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            body = _decompressed(body, encoding)
+        return Answer(response.status_code, response.headers, body, response.reason_phrase)
 
     def _retry_delay(self, attempt: int, exc: UpstreamError) -> float:
         """Exponential backoff with jitter; a Retry-After is honoured but never below the backoff
         (a 0 would burn every retry at once) and never above max_retry_wait."""
-        backoff = BACKOFF_BASE_SECONDS * (2**attempt) * (0.5 + self._random.random() / 2)
-        retry_after = getattr(exc, "retry_after", None)
+        backoff = BACKOFF_BASE_SECONDS * (2.0**attempt) * (0.5 + self._random.random() / 2)
+        retry_after = exc.retry_after if isinstance(exc, ThrottledError) else None
         delay = max(backoff, retry_after) if retry_after is not None else backoff
         return min(delay, self.max_retry_wait)
 
@@ -397,6 +380,15 @@ class CloudflareClient:
         return redact_text(text)
 
 
+class Answer(NamedTuple):
+    """A whole response."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes  # decoded
+    reason: str
+
+
 class NoAnswer(UpstreamError):
     """No answer came: the connection failed, or the answer did not come whole in time."""
 
@@ -418,14 +410,19 @@ class ThrottledError(UpstreamError):
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
+    """The body as sent (raw: the client decodes it itself), never past MAX_BODY_BYTES."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise BodyTooLarge(MAX_BODY_BYTES)
+            raise _too_large()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large() -> UpstreamError:
+    return UpstreamError(f"response body larger than {MAX_BODY_BYTES} bytes")
 
 
 def _detail_doubt(data: dict[str, Any] | None, session_id: str) -> str | None:
@@ -440,12 +437,6 @@ def _detail_doubt(data: dict[str, Any] | None, session_id: str) -> str | None:
     if not isinstance(answered, str) or answered.lower() != session_id.lower():
         return "Cloudflare answered with another session id"
     return None
-
-
-def _proxy_configured() -> bool:
-    """Whether the environment names a proxy (HTTPS_PROXY, ALL_PROXY...): httpx's default
-    transport then does the talking, since it honours proxies and NO_PROXY."""
-    return any(scheme != "no" for scheme in urllib.request.getproxies())
 
 
 def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
@@ -464,46 +455,38 @@ def _envelope_message(data: Any) -> str:
     return "no error details"
 
 
-def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of a header (``name`` lower-cased), or None."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value.strip().lower()
-    return None
-
-
-def _decompressed(body: bytes, encoding: bytes) -> bytes:
+def _decompressed(body: bytes, encoding: str) -> bytes:
     """A gzip or deflate body decoded, never past MAX_BODY_BYTES (a small body may unpack huge)."""
     if not body:
         return body
-    if encoding == b"gzip":
+    if encoding == "gzip":
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == b"deflate":
+    elif encoding == "deflate":
         # Servers send deflate with or without the zlib header; a leading 0x78 byte tells which.
         decoder = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
     else:
-        raise UpstreamError(f"response in an encoding that was not asked for: {encoding.decode('latin-1')[:40]}")
+        raise UpstreamError(f"response in an encoding that was not asked for: {encoding[:40]}")
     try:
         data = decoder.decompress(body, MAX_BODY_BYTES + 1)
     except zlib.error as exc:
-        raise UpstreamError(f"{encoding.decode()} body that does not decode: {exc}") from exc
+        raise UpstreamError(f"{encoding} body that does not decode: {exc}") from exc
     if len(data) > MAX_BODY_BYTES:
-        raise BodyTooLarge(MAX_BODY_BYTES)
+        raise _too_large()
     if not decoder.eof:
-        raise UpstreamError(f"{encoding.decode()} body cut short")
+        raise UpstreamError(f"{encoding} body cut short")
     return data
 
 
 def _retry_after(answer: Answer) -> float | None:
     """Retry-After in seconds: a number of them, or an HTTP date (RFC 9110), which is as valid."""
-    value = _header(answer.headers, b"retry-after")
+    value = answer.headers.get("retry-after")
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (parsedate_to_datetime(value.decode("latin-1")) - datetime.now(UTC)).total_seconds()
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None
     return max(seconds, 0.0) if not math.isnan(seconds) else None
@@ -518,6 +501,9 @@ def client_from_settings(settings: Settings, **overrides: Any) -> CloudflareClie
         "max_retry_wait": settings.max_retry_wait_seconds,
         "max_connections": connections_for(settings),
         "scheduler": scheduler_for(settings),
+        # Longer than the interval, so that a steady service reuses its connection (and its TLS
+        # session) from cycle to cycle.
+        "keepalive_expiry": max(KEEPALIVE_SECONDS, 2 * settings.interval_seconds),
     }
     options.update(overrides)
     return CloudflareClient(settings.base_url, settings.credentials(), **options)

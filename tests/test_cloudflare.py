@@ -1,4 +1,5 @@
-"""The API client against scripted responses (httpx.MockTransport): paging, auth, retries, errors."""
+"""The API client against scripted responses (through httpx.MockTransport, streamed as a server's
+would be): paging, auth, retries, errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -85,14 +87,35 @@ class Script:
         return step(request)
 
     def gaps(self) -> list[float]:
-        return [b - a for a, b in zip(self.times, self.times[1:])]
+        return [b - a for a, b in pairwise(self.times)]
 
 
-def make_client(handler: Callable[[httpx.Request], httpx.Response], credentials: Credentials | None = None, **options: Any) -> CloudflareClient:
+class _Streamed(httpx.AsyncByteStream):
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+
+def scripted(handler: Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]) -> httpx.MockTransport:
+    """A transport answering with ``handler``'s responses, their bodies streamed as from a socket
+    (a response built with its content is read already, and the client reads bodies as they come)."""
+    async def answer(request: httpx.Request) -> httpx.Response:
+        built = handler(request)
+        if not isinstance(built, httpx.Response):
+            built = await built
+        return httpx.Response(built.status_code, headers=built.headers, stream=_Streamed(built.content), request=request)
+
+    return httpx.MockTransport(answer)
+
+
+def make_client(handler: Callable[[httpx.Request], httpx.Response], credentials: Credentials | None = None,
+                **options: Any) -> CloudflareClient:
     settings: dict[str, Any] = {"rate_limit": 1000.0, "max_retries": 3, "max_retry_wait": 0.05}
     settings.update(options)
     return CloudflareClient(
-        BASE, credentials or Credentials(token=SecretStr(TOKEN)), transport=httpx.MockTransport(handler), **settings
+        BASE, credentials or Credentials(token=SecretStr(TOKEN)), transport=scripted(handler), **settings
     )
 
 
@@ -118,7 +141,8 @@ def get_session_error(handler: Callable[[httpx.Request], httpx.Response], **opti
     return info.value, stats
 
 
-def list_all(handler: Callable[[httpx.Request], httpx.Response], **options: Any) -> tuple[Listing, list[list[Any]], list[bool], RequestStats]:
+def list_all(handler: Callable[[httpx.Request], httpx.Response],
+             **options: Any) -> tuple[Listing, list[list[Any]], list[bool], RequestStats]:
     """Every page of a listing, and ``listing.complete`` as seen while each page was being handled."""
     stats = RequestStats()
     pages: list[list[Any]] = []
@@ -191,7 +215,8 @@ def test_listing_pages_with_overlap_until_a_short_page(count: int, offsets: list
     assert listing.complete is True
 
 
-@pytest.mark.parametrize("bad_id", [["a", "list"], {"an": "object"}, 7, None, "not-a-uuid"], ids=["list", "object", "number", "null", "string"])
+@pytest.mark.parametrize("bad_id", [["a", "list"], {"an": "object"}, 7, None, "not-a-uuid"],
+                         ids=["list", "object", "number", "null", "string"])
 def test_items_with_any_json_session_id_are_paged_over_and_passed_on(bad_id: Any) -> None:
     sessions = [session(n) for n in range(250)]
     sessions[195] = {**sessions[195], "sessionId": bad_id}  # in the overlap of both pages
@@ -376,7 +401,7 @@ def test_base_url_trailing_slash_is_ignored() -> None:
     script = Script(reply(200, []))
 
     async def go() -> None:
-        client = CloudflareClient(BASE + "/", Credentials(token=SecretStr(TOKEN)), transport=httpx.MockTransport(script))
+        client = CloudflareClient(BASE + "/", Credentials(token=SecretStr(TOKEN)), transport=scripted(script))
         async with client:
             async for _ in client.account(ACCOUNT, RequestStats()).listing():
                 pass
@@ -390,7 +415,7 @@ def test_client_from_settings_uses_base_url_and_credentials() -> None:
     script = Script(reply(503, {}))
 
     async def go() -> None:
-        async with client_from_settings(settings, transport=httpx.MockTransport(script)) as client:
+        async with client_from_settings(settings, transport=scripted(script)) as client:
             assert client.max_retries == 0
             await client.account(ACCOUNT, RequestStats()).get_session(SID)
 

@@ -89,7 +89,7 @@ def test_an_unverifiable_certificate_is_refused_at_once_whatever_the_settings(tl
 
 def test_the_client_requires_verified_certificates_and_hostnames() -> None:
     client = client_from_settings(permissive_settings("https://api.cloudflare.com/client/v4"))
-    context = client._http._transport._ssl_context  # type: ignore[attr-defined]
+    context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     asyncio.run(client.aclose())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import ssl
 import threading
 import time
 from collections import Counter
@@ -154,9 +155,9 @@ class Emulator:
         with self._counter_lock:
             return dict(self._counters)
 
-    def start(self, port: int = 0) -> ServerInfo:
-        """Serve on 127.0.0.1 in a background thread."""
-        self._server = EmulatorHTTPServer(port, self)
+    def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> ServerInfo:
+        """Serve on 127.0.0.1 in a background thread; HTTPS with the ``tls`` server context."""
+        self._server = EmulatorHTTPServer(port, self, tls)
         self._thread = threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True)
         self._thread.start()
         return self.info
@@ -171,11 +172,18 @@ class Emulator:
     def info(self) -> ServerInfo:
         assert self._server is not None, "the emulator is not serving"
         port = self._server.server_address[1]
-        return ServerInfo(port, f"http://127.0.0.1:{port}{API_PREFIX}")
+        scheme = "https" if self._server.tls is not None else "http"
+        return ServerInfo(port, f"{scheme}://127.0.0.1:{port}{API_PREFIX}")
+
+    @property
+    def connections(self) -> int:
+        """The connections accepted since the server started (TLS handshakes, over HTTPS)."""
+        assert self._server is not None, "the emulator is not serving"
+        return self._server.connections
 
     @contextmanager
-    def serve(self, port: int = 0) -> Iterator[ServerInfo]:
-        info = self.start(port)
+    def serve(self, port: int = 0, tls: ssl.SSLContext | None = None) -> Iterator[ServerInfo]:
+        info = self.start(port, tls)
         try:
             yield info
         finally:
@@ -193,7 +201,7 @@ class Emulator:
             return error_reply(404, "No route for that URI")
         endpoint = "list" if list_match else "get"
         self._count("requests", f"endpoint:{endpoint}")
-        reply = self._api(endpoint, list_match or get_match, query, headers)  # type: ignore[arg-type]
+        reply = self._api(endpoint, list_match or get_match, query, headers)
         if self.faults.latency_ms:
             reply.delay_s += self.faults.latency_ms / 1000
         status = reply.status if reply.body is not None else 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -115,10 +117,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -128,9 +128,18 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     # default is 5): a dropped SYN is retried only a second later.
     request_queue_size = 128
 
-    def __init__(self, port: int, emulator: Emulator) -> None:
+    def __init__(self, port: int, emulator: Emulator, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.emulator = emulator
+        self.tls = tls
+        self.connections = 0  # accepted: with TLS, each is a handshake
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        self.connections += 1
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True)  # the handshake, here in the accepting thread
+        return sock, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that vanished mid-request (killed, timed out) is normal here; anything else is not."""
