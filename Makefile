@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak bench install clean
+.PHONY: demo test check soak bench install clean
 
 demo: $(VENV)/.installed
 	$(BIN)/archiver demo
 
-test: $(VENV)/.installed
+test: check
 	$(BIN)/python -m pytest -q
+
+# Style (ruff) and types (mypy --strict), as configured in pyproject.toml; part of `make test`.
+check: $(VENV)/.installed
+	$(BIN)/ruff check archiver tests bench migrations
+	$(BIN)/mypy
 
 # The chaos soak at length (a short one is part of `make test`); ARCHIVER_SOAK_* size it.
 soak: $(VENV)/.installed

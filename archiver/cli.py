@@ -2,11 +2,14 @@
 
 This is the only module that prints or exits: errors become one line on stderr and an exit code
 (2 for settings and usage, 1 for everything else).
+
+Each command imports what it needs when it runs: at module level only the standard library,
+click and the archiver's light modules, so that `--help`, `--version` and shell completion do not
+pay for SQLAlchemy, Alembic, httpx and pydantic.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import sys
@@ -15,22 +18,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
-from sqlalchemy import Engine
 
-from archiver import __version__, migrate, reports, timeparse
-from archiver import prune as retention
-from archiver.config import Settings, load_settings
+from archiver import __version__, timeparse
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
 from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
-from archiver.reports import Result, Window, coverage, ledger, open_at, stats, story, usage
-from archiver.reports import export as exporting
-from archiver.reports import window as windows
-from archiver.store import make_engine
-from archiver.sync import SKIPPED, CycleResult
+from archiver.vocabulary import EXPORT_TABLES, PRUNE_BATCH, STATUSES, Outcome
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from archiver.config import Settings
+    from archiver.reports.result import Result
+    from archiver.reports.usage import Pricing
+    from archiver.sync import CycleResult
 
 
 @dataclass
@@ -44,15 +48,21 @@ class App:
 
     def settings(self) -> Settings:
         if self._settings is None:
+            from archiver.config import load_settings
+
             self._settings = load_settings(self.config_file)
             configure_logging(self._settings.log_level, self._settings.log_format, self._settings.secret_values())
         return self._settings
 
     def engine(self, *, read_only: bool = False, bounded: bool = False) -> Engine:
+        from archiver.store import make_engine
+
         return make_engine(self.settings().database_url.get_secret_value(), read_only=read_only, bounded=bounded)
 
     def archive(self) -> Engine:
         """The engine of a database that must already be at the current schema."""
+        from archiver import migrate
+
         engine = self.engine()
         migrate.require_current(engine)
         return engine
@@ -60,6 +70,8 @@ class App:
     def reader(self) -> Engine:
         """The engine of an archive at the current schema, for a command that only reads it: a
         SQLite file is opened read-only, and never created."""
+        from archiver import migrate
+
         engine = self.engine(read_only=True)
         migrate.require_current(engine)
         return engine
@@ -92,6 +104,8 @@ def sync(app: App, auto_migrate: bool) -> int:
     _ensure_schema(app.engine(), auto_migrate)  # a migration may take its time; the cycles may not
     engine = app.engine(bounded=True)
     _freeze_startup_objects()
+    import asyncio
+
     from archiver.runner import sync_accounts
 
     results = asyncio.run(sync_accounts(settings, engine))
@@ -105,6 +119,8 @@ def sync(app: App, auto_migrate: bool) -> int:
 @pass_app
 def run(app: App, auto_migrate: bool) -> int:
     """Poll every account on a schedule until SIGTERM or SIGINT (a second one stops at once)."""
+    import asyncio
+
     from archiver.runner import Runner
 
     settings = app.settings()
@@ -125,6 +141,8 @@ def db() -> None:
 @pass_app
 def db_upgrade(app: App, revision: str) -> int:
     """Migrate the database to the latest schema (or to --revision)."""
+    from archiver import migrate
+
     engine = app.engine()
     migrate.upgrade(engine, revision)
     click.echo(f"database at revision {migrate.current_revision(engine)}")
@@ -136,6 +154,8 @@ def db_upgrade(app: App, revision: str) -> int:
 @pass_app
 def db_downgrade(app: App, revision: str) -> int:
     """Migrate the database down to REVISION ('base' removes every archiver table)."""
+    from archiver import migrate
+
     engine = app.engine()
     migrate.downgrade(engine, revision)
     click.echo(f"database at revision {migrate.current_revision(engine) or 'base'}")
@@ -146,6 +166,8 @@ def db_downgrade(app: App, revision: str) -> int:
 @pass_app
 def db_current(app: App) -> int:
     """Show the database's schema revision and this version's latest."""
+    from archiver import migrate
+
     current = migrate.current_revision(app.engine(read_only=True))
     click.echo(f"current: {current or 'none'}\nlatest:  {migrate.head_revision()}")
     return 0
@@ -155,6 +177,8 @@ def db_current(app: App) -> int:
 @pass_app
 def status(app: App) -> int:
     """Show the last cycle of every account and the archived sessions by status."""
+    from archiver import reports
+
     with app.reader().connect() as conn:
         runs = reports.last_runs(conn)
         counts = reports.sessions_by_status(conn)
@@ -193,7 +217,7 @@ def status(app: App) -> int:
 @click.option("--envelope", is_flag=True, help="Wrap bodies in the v4 {success, result} envelope.")
 @click.option("--enforce-rate-limit", is_flag=True, help="Answer 429 past 1200 requests per 5 minutes per token.")
 def emulator(port: int, accounts: int, sessions: int, seed: int, speed: float, spawn_per_minute: float,
-             mean_lifetime: float, retention: float, close_reason_style: str, **faults: object) -> int:
+             mean_lifetime: float, retention: float, close_reason_style: str, **faults: Any) -> int:
     """Serve a Cloudflare-compatible fake of the session endpoints on 127.0.0.1."""
     from archiver.emulator import Emulator, Faults, serve_forever
 
@@ -225,6 +249,8 @@ DEMO_DATABASE = "sqlite:///archiver-demo.db"
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(cycles: int, interval: float, database: str, seed: int) -> int:
     """Archive an emulated account for a few cycles and show what was kept. Needs no settings."""
+    import asyncio
+
     from archiver.demo import run_demo
 
     configure_logging("WARNING")
@@ -261,7 +287,7 @@ def demo(cycles: int, interval: float, database: str, seed: int) -> int:
     return 0
 
 
-class TimeParam(click.ParamType):
+class TimeParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on, not before
     """An ISO-8601 instant or an age such as 24h; a bad one stops the command with one line (exit 2)."""
 
     name = "time"
@@ -285,7 +311,8 @@ def _param_name(param: click.Parameter | None) -> str:
 TIME = TimeParam()
 F = TypeVar("F", bound=Callable[..., Any])
 account_option = click.option("--account", help="Only this account (32 hex digits).")
-since_option = click.option("--since", type=TIME, required=True, help="Window start: ISO-8601 (UTC unless zoned) or an age such as 24h, 7d.")
+since_option = click.option("--since", type=TIME, required=True,
+                            help="Window start: ISO-8601 (UTC unless zoned) or an age such as 24h, 7d.")
 until_option = click.option("--until", type=TIME, default="now", show_default=True, help="Window end (exclusive), same forms as --since.")
 
 
@@ -315,6 +342,8 @@ def report() -> None:
 @pass_app
 def report_active_at(app: App, when: datetime, account: str | None, fmt: str) -> int:
     """Sessions open at TIME; "maybe" where the end is only known to lie between last seen and vanished."""
+    from archiver.reports import open_at
+
     with app.reader().connect() as conn:
         return _show(open_at.open_at(conn, when, account=account), fmt)
 
@@ -323,13 +352,16 @@ def report_active_at(app: App, when: datetime, account: str | None, fmt: str) ->
 @since_option
 @until_option
 @click.option("--reason", help="Only sessions with this close reason (as stored: NormalClosure, 1000, ...).")
-@click.option("--status", type=click.Choice(["active", "closed", "vanished", "gone"]), help="Only sessions in this status.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only sessions in this status.")
 @account_option
 @format_option()
 @pass_app
 def report_sessions(app: App, since: datetime, until: datetime, reason: str | None, status: str | None,
                     account: str | None, fmt: str) -> int:
     """Sessions that started or ended in the window."""
+    from archiver.reports import Window
+    from archiver.reports import window as windows
+
     with app.reader().connect() as conn:
         return _show(windows.sessions_in(conn, Window(since, until), account=account, reason=reason, status=status), fmt)
 
@@ -343,6 +375,8 @@ def report_sessions(app: App, since: datetime, until: datetime, reason: str | No
 @pass_app
 def report_reasons(app: App, since: datetime, until: datetime, by: str | None, account: str | None, fmt: str) -> int:
     """Close reasons of the sessions that ended in the window, counted, with their texts."""
+    from archiver.reports import Window, stats
+
     with app.reader().connect() as conn:
         return _show(stats.close_reasons(conn, Window(since, until), by=by, account=account), fmt)
 
@@ -355,6 +389,8 @@ def report_reasons(app: App, since: datetime, until: datetime, by: str | None, a
 @pass_app
 def report_durations(app: App, since: datetime, until: datetime, account: str | None, fmt: str) -> int:
     """Count, p50, p90, p99, max and mean of session and connection durations (sessions ended in the window)."""
+    from archiver.reports import Window, stats
+
     with app.reader().connect() as conn:
         return _show(stats.durations(conn, Window(since, until), account=account), fmt)
 
@@ -366,6 +402,8 @@ def report_durations(app: App, since: datetime, until: datetime, account: str | 
 @pass_app
 def report_session(app: App, session_id: str, account: str | None, fmt: str) -> int:
     """One session's whole story: every version, the cycles that saw it, first and last seen, vanished, gone."""
+    from archiver.reports import story
+
     with app.reader().connect() as conn:
         stories = story.session_story(conn, session_id, account=account)
     if fmt == "json":
@@ -390,6 +428,8 @@ def report_session(app: App, session_id: str, account: str | None, fmt: str) -> 
 @pass_app
 def report_usage(app: App, since: datetime, until: datetime, by: str, account: str | None, fmt: str) -> int:
     """Sessions, browser hours and peak concurrency per day or month, with the estimated bill; bounds where ends are unknown."""
+    from archiver.reports import Window, usage
+
     pricing = _pricing(app.settings())
     with app.archive().connect() as conn:
         return _show(usage.usage(conn, Window(since, until), app.now, by=by, account=account, pricing=pricing), fmt)
@@ -404,6 +444,8 @@ def report_usage(app: App, since: datetime, until: datetime, by: str, account: s
 @pass_app
 def report_coverage(app: App, since: datetime, until: datetime, by: str | None, account: str | None, fmt: str) -> int:
     """How far the archive can be trusted: gaps between complete listings, incomplete ones, 429s, backlog, unknown ends."""
+    from archiver.reports import Window, coverage
+
     with app.archive().connect() as conn:
         return _show(coverage.coverage(conn, Window(since, until), app.now, by=by, account=account), fmt)
 
@@ -453,6 +495,8 @@ def _age(option: str, text: str) -> timedelta:
 @pass_app
 def report_runs(app: App, since: datetime, until: datetime | None, each: bool, account: str | None, fmt: str) -> int:
     """The ledger: cycles, outcomes, listing completeness, API requests, 429s and errors."""
+    from archiver.reports import Window, ledger
+
     query = ledger.runs if each else ledger.runs_summary
     if until is not None:
         Window(since, until)  # rejects an empty range
@@ -463,7 +507,7 @@ def report_runs(app: App, since: datetime, until: datetime | None, each: bool, a
 @cli.command()
 @since_option
 @until_option
-@click.option("--table", "what", type=click.Choice(exporting.TABLES), default="sessions", show_default=True,
+@click.option("--table", "what", type=click.Choice(EXPORT_TABLES), default="sessions", show_default=True,
               help="sessions (started or ended in the window), versions (observed in it) or runs (started in it).")
 @account_option
 @format_option(STREAM_FORMATS, "jsonl")
@@ -472,6 +516,9 @@ def report_runs(app: App, since: datetime, until: datetime | None, each: bool, a
 def export(app: App, since: datetime, until: datetime, what: str, account: str | None, fmt: str,
            output: Path | None) -> int:
     """Stream archive rows of a window as CSV or JSON Lines, in constant memory."""
+    from archiver.reports import Window
+    from archiver.reports import export as exporting
+
     window = Window(since, until)
     with app.reader().connect() as conn:
         columns, rows = exporting.export_rows(conn, what, window, account=account)
@@ -492,6 +539,7 @@ def export(app: App, since: datetime, until: datetime, what: str, account: str |
 @pass_app
 def timeline(app: App, since: datetime, until: datetime, account: str | None, output: Path) -> int:
     """Draw the sessions of a window as a self-contained HTML page (bars by close reason, concurrency beneath)."""
+    from archiver.reports import Window
     from archiver.timeline import build_timeline
 
     window = Window(since, until)
@@ -506,12 +554,14 @@ def timeline(app: App, since: datetime, until: datetime, account: str | None, ou
 @cli.command()
 @click.option("--older-than", "age", required=True, help="Delete history older than this age: 180d, 12w, 36h.")
 @click.option("--include-sessions", is_flag=True, help="Also delete sessions that ended before the cutoff (never active ones).")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=retention.DEFAULT_BATCH, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=PRUNE_BATCH, show_default=True,
               help="Rows deleted per transaction.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @pass_app
 def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: bool) -> int:
     """Delete old versions, ledger rows and rejected records (and, if asked, ended sessions) in batches."""
+    from archiver import prune as retention
+
     cutoff = app.now - timeparse.parse_age(age)
     counts = retention.prune(app.archive(), cutoff, include_sessions=include_sessions, batch_size=batch_size,
                              dry_run=dry_run)
@@ -521,8 +571,10 @@ def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: 
     return 0
 
 
-def _pricing(settings: Settings) -> usage.Pricing:
-    return usage.Pricing(
+def _pricing(settings: Settings) -> Pricing:
+    from archiver.reports.usage import Pricing
+
+    return Pricing(
         price_browser_hour=settings.price_browser_hour, included_browser_hours=settings.included_browser_hours,
         price_concurrent_browser=settings.price_concurrent_browser,
         included_concurrent_browsers=settings.included_concurrent_browsers,
@@ -539,6 +591,8 @@ def _open_output(path: Path) -> TextIO:
 
 def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
     """The schema current (migrated first if asked); the engine, used for that alone, let go."""
+    from archiver import migrate
+
     try:
         if auto_migrate:
             migrate.upgrade(engine)
@@ -549,7 +603,7 @@ def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
 
 
 def _describe_cycle(result: CycleResult) -> str:
-    if result.outcome == SKIPPED:
+    if result.outcome == Outcome.SKIPPED:
         return f"{result.account_id}: {result.error}"
     c = result.counts
     line = (

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import select
@@ -13,8 +14,8 @@ from sqlalchemy import select
 from archiver import migrate, reports
 from archiver.config import settings_from
 from archiver.emulator import Emulator
-from archiver.store import make_engine, sessions_table
 from archiver.runner import sync_accounts
+from archiver.store import make_engine, sessions_table
 from archiver.sync import CycleResult
 
 # The emulator's clock runs this much faster than real time, so sessions live and die within
@@ -96,7 +97,7 @@ async def run_demo(
             longest_missed_s=max((_lifetime_ms(t) for t in missed), default=0.0) / 1000,
             # a session can escape every listing only by living between one cycle's start and
             # the next one's end
-            widest_poll_gap_s=max((b[1] - a[0] for a, b in zip(polls, polls[1:])), default=0.0) / 1000,
+            widest_poll_gap_s=max((b[1] - a[0] for a, b in pairwise(polls)), default=0.0) / 1000,
             archived=sum(n for _a, _s, n in reports.sessions_by_status(conn)),
             archived_closed_with_reason=sum(n for reason, _t, n in reports.close_reasons(conn) if reason is not None),
         )

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from archiver.models import ACTIVE, CLOSED, DETAIL_PRIORITY, FINAL_STATE_DUES, GONE, VANISHED
+from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
 from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
+from archiver.vocabulary import DETAIL_PRIORITY, FINAL_STATE_DUES, Due, Source
 
 # A vanished session whose details still show no end (or no close reason, or nothing at all) is
 # asked again a few times: Cloudflare may drop a session from the list a moment before it writes
@@ -65,23 +66,23 @@ def observe_listed(
             "last_detail_at": None,
             "vanished_at": None,
             "gone_at": None,
-            "detail_due": most_urgent("new" if detail_wanted else None, _closing_due(status, merged)),
+            "detail_due": most_urgent(Due.NEW if detail_wanted else None, _closing_due(status, merged)),
             "detail_attempts": 0,
             "last_run_id": run_id,
             **merged,
             "raw": record.raw,
             "content_hash": content_hash,
         }
-        return Transition("new", row, _version(row, run_id, seen_at, "list"))
+        return Transition("new", row, _version(row, run_id, seen_at, Source.LIST))
     if listed_unchanged(known, record):
         return Transition("unchanged")
     changed = lifecycle_changed(known, merged)
     reappeared = known["status"] in (VANISHED, GONE)
     due = known["detail_due"]
-    if reappeared and due == "vanished":
+    if reappeared and due == Due.VANISHED:
         due = None  # it is listed again: the urgent final-state fetch is moot
     if changed and detail_wanted:
-        due = most_urgent(due, "changed")
+        due = most_urgent(due, Due.CHANGED)
     if known["status"] != CLOSED:  # once: a closed session listed again is not asked again
         due = most_urgent(due, _closing_due(status, merged))
     row = {
@@ -97,7 +98,7 @@ def observe_listed(
         "raw": record.raw,
         "content_hash": content_hash,
     }
-    version = _version(row, run_id, seen_at, "list") if changed or status != known["status"] else None
+    version = _version(row, run_id, seen_at, Source.LIST) if changed or status != known["status"] else None
     kind = "reappeared" if reappeared else ("changed" if changed or version else "refreshed")
     return Transition(kind, row, version)
 
@@ -116,15 +117,15 @@ def listed_unchanged(known: Row, record: SessionRecord) -> bool:
         if value is not None and value != known.get(name):
             return False
     ended = fields["end_time"] is not None or known.get("end_time") is not None
-    return known["status"] == (CLOSED if ended else ACTIVE)
+    return bool(known["status"] == (CLOSED if ended else ACTIVE))
 
 
 def observe_vanished(known: Row, *, at: datetime, run_id: int) -> Transition:
     """An active session was absent from a complete listing."""
-    row = {**known, "status": VANISHED, "vanished_at": at, "detail_due": "vanished", "detail_attempts": 0}
+    row = {**known, "status": VANISHED, "vanished_at": at, "detail_due": Due.VANISHED, "detail_attempts": 0}
     row["last_run_id"] = run_id
     row["content_hash"] = None  # listed again as it was, it has reappeared: not unchanged
-    return Transition("vanished", row, _version(row, run_id, at, "archiver"))
+    return Transition("vanished", row, _version(row, run_id, at, Source.ARCHIVER))
 
 
 def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: int) -> Transition:
@@ -136,11 +137,11 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
         status = CLOSED
         if _closing_due(status, merged):
             attempts += 1
-            due = "closing" if attempts < MAX_DETAIL_ATTEMPTS else None
+            due = Due.CLOSING if attempts < MAX_DETAIL_ATTEMPTS else None
     elif known["status"] == VANISHED:
         status = VANISHED
         attempts += 1
-        due = "vanished" if attempts < MAX_DETAIL_ATTEMPTS else None
+        due = Due.VANISHED if attempts < MAX_DETAIL_ATTEMPTS else None
     else:
         status = known["status"]
     row = {
@@ -156,7 +157,7 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
         "content_hash": known.get("content_hash") if status == known["status"] and not _state_moved(known, merged) else None,
     }
     changed = lifecycle_changed(known, merged) or status != known["status"]
-    return Transition("closed" if status == CLOSED else "fetched", row, _version(row, run_id, at, "detail") if changed else None)
+    return Transition("closed" if status == CLOSED else "fetched", row, _version(row, run_id, at, Source.DETAIL) if changed else None)
 
 
 def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
@@ -175,7 +176,7 @@ def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
         return Transition("missing", row)
     row = {**known, "status": GONE, "gone_at": at, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
     row["content_hash"] = None
-    return Transition("gone", row, _version(row, run_id, at, "detail"))
+    return Transition("gone", row, _version(row, run_id, at, Source.DETAIL))
 
 
 def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
@@ -189,14 +190,14 @@ def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
 def observe_waived(known: Row, *, run_id: int) -> Transition:
     """A detail owed for a new or changed session was let go: the detail mode trusts the listing.
     One owed for the session's final state (it vanished or closed since) stays owed."""
-    if known["detail_due"] not in ("new", "changed"):
+    if known["detail_due"] not in (Due.NEW, Due.CHANGED):
         return Transition("waived")
     return Transition("waived", {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id})
 
 
 def _closing_due(status: str, merged: Row) -> str | None:
     """"closing" if a closed session's state lacks what its close should tell, else None."""
-    return "closing" if status == CLOSED and any(merged[name] is None for name in CLOSING_FIELDS) else None
+    return Due.CLOSING if status == CLOSED and any(merged[name] is None for name in CLOSING_FIELDS) else None
 
 
 def _state_moved(known: Row, merged: Row) -> bool:
@@ -207,7 +208,7 @@ def most_urgent(a: str | None, b: str | None) -> str | None:
     """The more urgent of two detail reasons."""
     if a is None or b is None:
         return a or b
-    return a if DETAIL_PRIORITY[a] <= DETAIL_PRIORITY[b] else b
+    return a if DETAIL_PRIORITY[Due(a)] <= DETAIL_PRIORITY[Due(b)] else b
 
 
 def _version(row: Row, run_id: int, observed_at: datetime, source: str) -> Row:

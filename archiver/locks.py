@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from archiver.errors import LeaseLostError
 from archiver.models import AccountLease
 
 log = logging.getLogger(__name__)
-leases = AccountLease.__table__
+leases: Table = AccountLease.__table__  # type: ignore[assignment]
 c = leases.c
 
 

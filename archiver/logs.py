@@ -69,6 +69,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # Alembic describes its database connection each time a command checks the schema revision.
     logging.getLogger("alembic.runtime.migration").addFilter(_quiet_alembic_context)
+    # Alembic lists the plugins it sets up when it is first imported, which (commands import what
+    # they need) happens after logging is configured.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _quiet_alembic_context(record: logging.LogRecord) -> bool:

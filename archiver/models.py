@@ -11,6 +11,8 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from archiver.vocabulary import Status
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -19,19 +21,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# Session status values.
-ACTIVE = "active"  # in the latest listing, no end time known
-CLOSED = "closed"  # end time known
-VANISHED = "vanished"  # left a complete listing, end not (yet) known
-GONE = "gone"  # Cloudflare forgot it (404) before we learned its end
-STATUSES = (ACTIVE, CLOSED, VANISHED, GONE)
-# Why a detail fetch is owed, most urgent first: a vanished session's final state is about to go;
-# a closed one's reason is missing; a changed or new one may carry what its listing did not.
-DETAIL_PRIORITY = {"vanished": 0, "closing": 1, "changed": 3, "new": 4}
-# The dues about a session's final state: a 404 or null for one is asked again a few times, and
-# one asked again ranks between them and the others.
-FINAL_STATE_DUES = ("vanished", "closing")
-AGAIN_RANK = 2
+# The status values, under the short names the lifecycle code reads best with.
+ACTIVE, CLOSED, VANISHED, GONE = Status.ACTIVE, Status.CLOSED, Status.VANISHED, Status.GONE
 
 
 # The text SQLAlchemy's SQLite DATETIME stores (its default storage format).

@@ -20,9 +20,9 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, f
 from archiver.errors import InputError
 from archiver.models import ACTIVE
 from archiver.store import rejects_table, runs_table, sessions_table, versions_table
+from archiver.vocabulary import PRUNE_BATCH
 
 log = logging.getLogger(__name__)
-DEFAULT_BATCH = 5000
 s = sessions_table.c
 
 
@@ -53,7 +53,7 @@ SESSIONS = Target("sessions", sessions_table, _ended_before, ("account_id", "ses
 
 
 def prune(
-    engine: Engine, cutoff: datetime, *, include_sessions: bool = False, batch_size: int = DEFAULT_BATCH,
+    engine: Engine, cutoff: datetime, *, include_sessions: bool = False, batch_size: int = PRUNE_BATCH,
     dry_run: bool = False,
 ) -> dict[str, int]:
     """Delete (or with ``dry_run`` count) what is older than ``cutoff``; return counts by kind."""

@@ -69,7 +69,8 @@ class SessionRecord:
 
     @property
     def end_time(self) -> datetime | None:
-        return self.fields["end_time"]
+        end: datetime | None = self.fields["end_time"]
+        return end
 
 
 def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:

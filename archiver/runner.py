@@ -40,7 +40,8 @@ from archiver.detailmode import learner_for
 from archiver.errors import ArchiverError, AuthError, LeaseLostError, first_line
 from archiver.metrics import Metrics, MetricsServer
 from archiver.scheduler import Deadline
-from archiver.sync import SKIPPED, AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
+from archiver.sync import AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
+from archiver.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +108,8 @@ class Runner:
             tasks = [asyncio.create_task(self._one_cycle(account)) for account in self.accounts]
             everything = asyncio.gather(*tasks, return_exceptions=True)
             stop = asyncio.create_task(self.stopping.wait())
-            await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {everything, stop}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
             if self.stopping.is_set():
@@ -351,16 +353,16 @@ class Runner:
 
     def _skipped(self, account_id: str, holder: str | None) -> CycleResult:
         log.info("account %s: skipped, %s is polling it", account_id, holder)
-        return CycleResult(account_id, 0, SKIPPED, False, {}, 0.0, f"skipped: another worker ({holder}) is polling this account")
+        return CycleResult(account_id, 0, Outcome.SKIPPED, False, {}, 0.0, f"skipped: another worker ({holder}) is polling this account")
 
     def _result_of(self, account_id: str, outcome: CycleResult | BaseException) -> CycleResult:
         """What `archiver sync` reports for an account: its cycle's result, or why it has none."""
         if isinstance(outcome, CycleResult):
             return outcome
         if isinstance(outcome, asyncio.CancelledError):
-            return CycleResult(account_id, 0, "aborted", False, {}, 0.0, "cancelled by a signal before the cycle ended")
+            return CycleResult(account_id, 0, Outcome.ABORTED, False, {}, 0.0, "cancelled by a signal before the cycle ended")
         if isinstance(outcome, (ArchiverError, SQLAlchemyError)):
-            return CycleResult(account_id, 0, "failed", False, {}, 0.0, first_line(outcome))
+            return CycleResult(account_id, 0, Outcome.FAILED, False, {}, 0.0, first_line(outcome))
         raise outcome
 
     # -- stopping -----------------------------------------------------------------------------
@@ -476,10 +478,10 @@ class Runner:
         except (ArchiverError, SQLAlchemyError) as exc:
             # The database is away, or the account was taken over: this cycle is lost, the next
             # one (or the other worker) carries on. Nothing half-written: each step is a transaction.
-            self.metrics.cycles.labels(account_id, "failed").inc()
+            self.metrics.cycles.labels(account_id, Outcome.FAILED).inc()
             log.warning("account %s: cycle failed: %s", account_id, first_line(exc))
         except Exception:
-            self.metrics.cycles.labels(account_id, "failed").inc()
+            self.metrics.cycles.labels(account_id, Outcome.FAILED).inc()
             log.exception("account %s: cycle failed unexpectedly", account_id)
 
     async def _refresh_session_gauge(self, account_id: str) -> None:

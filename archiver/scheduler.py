@@ -22,9 +22,10 @@ import math
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from archiver.errors import ArchiverError
 
@@ -94,7 +95,8 @@ THROTTLED_DETAIL_SHARE = 0.5
 class RequestScheduler:
     """Grants requests within ``limit`` per ``window`` seconds (None: no window), at most
     ``peak_rate`` per second and ``max_in_flight`` at once (of which at most
-    ``max_details_in_flight`` details), keeping ``listing_reserve`` of every window for listing pages. A granted request is in flight until its caller calls :meth:`release`.
+    ``max_details_in_flight`` details), keeping ``listing_reserve`` of every window for listing pages.
+    A granted request is in flight until its caller calls :meth:`release`.
 
     Requests wait here rather than for a connection elsewhere, so that a connection freed goes to
     the most urgent request too: a listing never queues behind details for one.
@@ -103,7 +105,7 @@ class RequestScheduler:
     def __init__(
         self, *, peak_rate: float, limit: int | None = None, window: float = 300.0, max_in_flight: int | None = None,
         max_details_in_flight: int | None = None, clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
     ) -> None:
         if not peak_rate > 0 or not window > 0 or any(
             bound is not None and bound < 1 for bound in (limit, max_in_flight, max_details_in_flight)

@@ -17,9 +17,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from archiver import sqlitefile
 from archiver.errors import ConfigError
-from archiver.models import ACTIVE, AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+from archiver.models import ACTIVE, BrowserSession, RejectedRecord, SessionVersion, SyncRun
 from archiver.records import STATE_FIELDS
 from archiver.storable import bounded_text, json_bytes
+from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, Outcome
 
 BATCH_SIZE = 500
 sessions_table: Table = BrowserSession.__table__  # type: ignore[assignment]
@@ -103,7 +104,7 @@ _RUNNING = select(runs_table.c.id, runs_table.c.started_at).where(
 _ABORT_RUNS = (
     update(runs_table)
     .where(runs_table.c.id.in_(bindparam("ids", expanding=True)))
-    .values(outcome="aborted", finished_at=bindparam("now"), error="the process running this cycle stopped before it ended")
+    .values(outcome=Outcome.ABORTED, finished_at=bindparam("now"), error="the process running this cycle stopped before it ended")
 )
 # OR FAIL: SQLite keeps a statement journal for a statement that changes many rows and may abort
 # (last_seen_at is NOT NULL), so that an abort undoes the statement alone; past 64 KiB it spills to a
@@ -337,7 +338,9 @@ def _insert_statement(table: Table) -> Executable:
 def open_run(conn: Connection, account_id: str, worker: str, started_at: datetime) -> int:
     """Start a ledger row and return its id."""
     values = {"account_id": account_id, "worker": worker, "started_at": started_at, "outcome": "running"}
-    return int(conn.execute(_insert_statement(runs_table), values).inserted_primary_key[0])
+    key = conn.execute(_insert_statement(runs_table), values).inserted_primary_key
+    assert key is not None  # an insert of one row always has one
+    return int(key[0])
 
 
 def finish_run(conn: Connection, run_id: int, values: Mapping[str, Any]) -> None:

@@ -30,9 +30,10 @@ from archiver.config import Settings
 from archiver.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.errors import ArchiverError, AuthError, BadRecordError, RetriableError, first_line
 from archiver.locks import worker_id
-from archiver.models import ACTIVE, FINAL_STATE_DUES
+from archiver.models import ACTIVE
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
 from archiver.scheduler import Deadline, DeadlineReached, Priority
+from archiver.vocabulary import FINAL_STATE_DUES, Due, Outcome, Source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,12 +79,9 @@ class CycleOptions:
         )
 
 
-# The outcome of an account that the runner left alone because another worker holds its lease:
-# no cycle ran, and the ledger has no row for it.
-SKIPPED = "skipped"
 # Detail requests wait their turn in the token's request scheduler by why they are owed.
 DETAIL_PRIORITIES = {
-    "vanished": Priority.VANISHED, "closing": Priority.CLOSING, "changed": Priority.CHANGED, "new": Priority.NEW,
+    Due.VANISHED: Priority.VANISHED, Due.CLOSING: Priority.CLOSING, Due.CHANGED: Priority.CHANGED, Due.NEW: Priority.NEW,
 }
 
 
@@ -188,7 +186,7 @@ class CycleResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome in ("failed", "aborted")
+        return Outcome(self.outcome).failed
 
 
 async def run_cycle(
@@ -282,7 +280,7 @@ class _Cycle:
         except BaseException:
             await listing.drop()
             raise
-        outcome = "failed"
+        outcome = Outcome.FAILED
         try:
             async with asyncio.timeout(self.options.cycle_timeout):
                 try:
@@ -296,15 +294,15 @@ class _Cycle:
                 elif self.pages:
                     # Cloudflare failed the listing (unreachable, throttled, erring): detail
                     # requests would fare no better. What is owed stays owed.
-                    outcome = "partial"
+                    outcome = Outcome.PARTIAL
                     await self._db(self._count_carried)
         except TimeoutError:
-            outcome = "partial" if self.listed_at is not None else "failed"
+            outcome = Outcome.PARTIAL if self.listed_at is not None else Outcome.FAILED
             self.errors.append(f"stopped at the cycle's {self.options.cycle_timeout:g}s deadline; what it owes stays owed")
             if not self.closed:
                 await self._db(self._count_carried)
         except asyncio.CancelledError:
-            outcome = "aborted"
+            outcome = Outcome.ABORTED
             self.errors.append("cancelled (shutdown) before the cycle ended")
             raise
         except SQLAlchemyError as exc:
@@ -360,9 +358,9 @@ class _Cycle:
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot open a ledger row: {first_line(exc)}") from exc
 
-    def _outcome(self) -> str:
+    def _outcome(self) -> Outcome:
         """The outcome of a cycle that went all the way."""
-        return "ok" if self.listing_complete and not self.counts["details_failed"] else "partial"
+        return Outcome.OK if self.listing_complete and not self.counts["details_failed"] else Outcome.PARTIAL
 
     def _close_run(self, outcome: str) -> None:
         try:
@@ -616,13 +614,13 @@ class _Cycle:
             except BadRecordError as exc:
                 # We cannot tell whose record this was, so this listing cannot prove any absence.
                 self.counts["unidentified"] += 1
-                rejects.append(self._reject("list", None, exc.reason, item, kept=False, at=seen_at))
+                rejects.append(self._reject(Source.LIST, None, exc.reason, item, kept=False, at=seen_at))
                 continue
             if record.session_id in self.seen:
                 continue
             self.seen.add(record.session_id)
             if record.problems:
-                rejects.append(self._reject("list", record.session_id, "; ".join(record.problems), item, True, seen_at))
+                rejects.append(self._reject(Source.LIST, record.session_id, "; ".join(record.problems), item, True, seen_at))
             parsed.append((record, digest))
         return unchanged, parsed, rejects
 
@@ -667,15 +665,15 @@ class _Cycle:
     def _worth_fetching(self, known: dict[str, Any]) -> bool:
         """Whether an owed detail is still wanted: those of new and changed sessions only while
         the detail mode wants them; those about a session's final state always."""
-        return known["detail_due"] not in ("new", "changed") or self.learner.wants_detail(known["session_id"])
+        return known["detail_due"] not in (Due.NEW, Due.CHANGED) or self.learner.wants_detail(known["session_id"])
 
     async def _fetch(self, known: dict[str, Any]) -> DetailResult:
         """One detail, in its turn: a vanished session's before a closing one's, a closing one's
         before a changed one's, a changed one's before a new one's; oldest first within each."""
         session_id, reason = known["session_id"], known["detail_due"]
-        since = known["vanished_at"] if reason == "vanished" and known["vanished_at"] else known["first_seen_at"]
-        give_up = (self.give_up,) if self.give_up is not None else ()
-        if reason in ("new", "changed"):
+        since = known["vanished_at"] if reason == Due.VANISHED and known["vanished_at"] else known["first_seen_at"]
+        give_up: tuple[Deadline, ...] = (self.give_up,) if self.give_up is not None else ()
+        if reason in (Due.NEW, Due.CHANGED):
             give_up += (self.state.still_wanted,)
         claim = self.state.fetching.get(session_id)
         if claim is not None:
@@ -774,13 +772,12 @@ class _Cycle:
             if record.session_id != session_id:
                 raise BadRecordError(f"asked for {session_id}, got {record.session_id}")
         except BadRecordError as exc:
-            rejects.append(self._reject("detail", session_id, exc.reason, body, False, at))
+            rejects.append(self._reject(Source.DETAIL, session_id, exc.reason, body, False, at))
             return lifecycle.observe_bad_detail(known, run_id=self.run_id)
         if record.problems:
-            rejects.append(self._reject("detail", session_id, "; ".join(record.problems), body, True, at))
-        if reason in ("new", "changed"):
-            if self.learner.observe(detail_adds(known, record)):
-                switches.append(self.learner.mode)
+            rejects.append(self._reject(Source.DETAIL, session_id, "; ".join(record.problems), body, True, at))
+        if reason in (Due.NEW, Due.CHANGED) and self.learner.observe(detail_adds(known, record)):
+            switches.append(self.learner.mode)
         return lifecycle.observe_detail(known, record, at=at, run_id=self.run_id)
 
     def _switched(self, mode: DetailMode) -> None:

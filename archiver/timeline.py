@@ -18,9 +18,10 @@ from sqlalchemy import Connection
 
 from archiver import reasons
 from archiver.errors import InputError
-from archiver.models import ACTIVE, STATUSES
+from archiver.models import ACTIVE
 from archiver.reports.window import Window, open_during
 from archiver.store import sessions_table
+from archiver.vocabulary import STATUSES
 
 s = sessions_table.c
 MAX_SESSIONS = 200_000

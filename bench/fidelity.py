@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ def _figures(truth: list[dict[str, Any]], rows: dict[str, Any], log: list[tuple[
         while times[start] <= at - window_ms:
             start += 1
         most = max(most, index - start + 1)
-    gaps = [(b - a) / 1000 for a, b in zip(listings, listings[1:])]
+    gaps = [(b - a) / 1000 for a, b in pairwise(listings)]
     return {
         "buckets": buckets,
         "requests": {"list": sum(e == "list" for _a, e, _s in log), "detail": sum(e == "get" for _a, e, _s in log)},

@@ -119,7 +119,8 @@ def run(options: Options) -> Outcome:
         for history, result in zip(sizes, runs, strict=True):
             steady.report(outcome, f"{name}, {history:,} archived + 120 open", result, targets=False)
         ratio = runs[1].wall_median / runs[0].wall_median
-        outcome.add(f"{name}, {sizes[1]:,} vs {sizes[0]:,} archived", "median cycle time ratio", ratio, "x", target=RATIO_TARGET, decimals=2)
+        outcome.add(f"{name}, {sizes[1]:,} vs {sizes[0]:,} archived", "median cycle time ratio", ratio, "x",
+                    target=RATIO_TARGET, decimals=2)
     outcome.notes.insert(
         0,
         "The steady-state workload (120 open sessions, 5% change per cycle) on an archive that already holds "

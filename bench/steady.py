@@ -62,9 +62,10 @@ class SteadyAccount:
     async def __aexit__(self, *exc: object) -> None:
         await self._client.aclose()
 
-    async def cycle(self, options: Options = Options(), label: str = "") -> None:
+    async def cycle(self, options: Options | None = None, label: str = "") -> None:
         """One measured cycle; it must make exactly the minimal requests: one list page plus one
         detail per new, changed and vanished session."""
+        options = options or Options()
         with profiled(options, label):
             wall, cpu, stats, counts = await self._cycle()
         minimal = 1 + sum(counts.get(kind, 0) for kind in ("new", "changed", "vanished"))
@@ -95,7 +96,8 @@ async def measure(remote: RemoteEmulator, settings: Settings, engine: Engine, cy
 
 def report(outcome: Outcome, case: str, run: SteadyRun, *, targets: bool) -> None:
     outcome.add(case, "cycle wall time, median", run.wall_median, "ms", target=TARGET_MS if targets else None, decimals=2)
-    outcome.add(case, "cycle wall time, 10th percentile (what a quiet machine approaches)", percentile(run.walls_ms, 0.10), "ms", decimals=2)
+    outcome.add(case, "cycle wall time, 10th percentile (what a quiet machine approaches)", percentile(run.walls_ms, 0.10), "ms",
+                decimals=2)
     outcome.add(case, "cycle wall time, 95th percentile", percentile(run.walls_ms, 0.95), "ms", decimals=2)
     outcome.add(case, "cycle CPU time, median", median(run.cpus_ms), "ms", decimals=2)
     if targets:

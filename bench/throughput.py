@@ -51,7 +51,8 @@ def run(options: Options) -> Outcome:
             rate = asyncio.run(detail_rate(remote, settings, engine, details))
         ideal = concurrency * 1000 / LATENCY_MS
         outcome.add(f"concurrency {concurrency}, {details} details", "detail requests per second", rate, "/s", decimals=1)
-        outcome.add(f"concurrency {concurrency}, {details} details", "share of the latency-bound ideal", 100 * rate / ideal, "%", decimals=0)
+        outcome.add(f"concurrency {concurrency}, {details} details", "share of the latency-bound ideal", 100 * rate / ideal, "%",
+                    decimals=0)
     outcome.notes.append(
         f"The emulator answers every request {LATENCY_MS:.0f} ms late. A cycle first stores the listing without "
         "details (budget 0), then one cycle fetches every owed detail (budget = their number) at the given "

@@ -110,8 +110,10 @@ def test_sync_exits_1_when_an_account_fails(tmp_path: Path, served: tuple[Emulat
         ({"CLOUDFLARE_API_TOKEN": "t"}, "CLOUDFLARE_ACCOUNT_ID"),
         ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": "nope"}, "CLOUDFLARE_ACCOUNT_ID"),
         ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "ARCHIVER_DETAIL_BUDGET": "-1"}, "ARCHIVER_DETAIL_BUDGET"),
-        ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "CLOUDFLARE_BASE_URL": "http://api.example.com"}, "CLOUDFLARE_BASE_URL"),
-        ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "ARCHIVER_DATABASE_URL": "mysql+mysqldb://u@h/db"}, "ARCHIVER_DATABASE_URL"),
+        ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "CLOUDFLARE_BASE_URL": "http://api.example.com"},
+         "CLOUDFLARE_BASE_URL"),
+        ({"CLOUDFLARE_API_TOKEN": "t", "CLOUDFLARE_ACCOUNT_ID": ACCOUNT, "ARCHIVER_DATABASE_URL": "mysql+mysqldb://u@h/db"},
+         "ARCHIVER_DATABASE_URL"),
     ],
     ids=["no-credentials", "no-account", "bad-account", "bad-budget", "insecure-http", "missing-driver"],
 )
@@ -152,7 +154,8 @@ def test_config_file_and_env_precedence(tmp_path: Path, served: tuple[Emulator, 
     result = run(["--config", str(config), "sync", "--auto-migrate"], {}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "file.db").exists()
-    overridden = run(["--config", str(config), "sync", "--auto-migrate"], {"ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}, tmp_path)
+    env_database = {"ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
+    overridden = run(["--config", str(config), "sync", "--auto-migrate"], env_database, tmp_path)
     assert overridden.returncode == 0 and (tmp_path / "env.db").exists()
     config.write_text('nonsense_key = 1\n')
     bad = run(["--config", str(config), "status"], {}, tmp_path)
@@ -163,6 +166,25 @@ def test_config_file_and_env_precedence(tmp_path: Path, served: tuple[Emulator, 
 def test_every_command_has_help(tmp_path: Path, command: list[str]) -> None:
     result = run([*command, "--help"], {}, tmp_path)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+HEAVY_LIBRARIES = ("sqlalchemy", "alembic", "httpx", "pydantic", "pydantic_settings", "apscheduler", "asyncio")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["--version"], ["report", "--help"], ["export", "--help"]], ids=" ".join)
+def test_help_and_version_import_no_heavy_library(tmp_path: Path, command: list[str]) -> None:
+    """What makes `--help`, `--version` and shell completion quick: the commands' modules are
+    imported when a command runs, not when the command line is read."""
+    probe = (
+        "import sys\n"
+        "from archiver.cli import cli\n"
+        f"try:\n    cli.main({command!r}, prog_name='archiver')\n"
+        "except SystemExit:\n    pass\n"
+        f"print(sorted(n for n in {HEAVY_LIBRARIES!r} if n in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 def test_demo_archives_sessions_with_close_reasons(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from archiver.errors import InputError
 from archiver.reports.coverage import coverage, largest_gap
 from archiver.reports.window import Window
-from tests.usage_data import C, D, NOW, h
+from tests.usage_data import NOW, C, D, h
 
 MINUTE = 1 / 60
 INCIDENT = Window(h(23 + 40 * MINUTE), h(24 + 40 * MINUTE))

@@ -23,7 +23,7 @@ from archiver.reports.incident import Incident, incident, slice_edges
 from archiver.reports.window import Window
 from archiver.timeline import build_timeline
 from tests import archive_data
-from tests.usage_data import C, D, INCIDENT_AT, NAMES, NOW, h
+from tests.usage_data import INCIDENT_AT, NAMES, NOW, C, D, h
 
 HALF_HOUR = timedelta(minutes=30)
 MINUTE = 1 / 60

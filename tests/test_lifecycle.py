@@ -272,7 +272,8 @@ def test_listed_closed_session_again_without_end_is_unchanged() -> None:
 @pytest.mark.parametrize(("policy"), ["changed", "vanished"], ids=["policy-changed", "policy-vanished"])
 @pytest.mark.parametrize(
     ("previous_status", "extra"),
-    [(VANISHED, {"vanished_at": T0, "detail_due": "vanished", "detail_attempts": 1}), (GONE, {"vanished_at": T0, "gone_at": T1, "detail_due": None})],
+    [(VANISHED, {"vanished_at": T0, "detail_due": "vanished", "detail_attempts": 1}),
+     (GONE, {"vanished_at": T0, "gone_at": T1, "detail_due": None})],
     ids=["vanished", "gone"],
 )
 def test_listed_reappeared(policy: str, previous_status: str, extra: dict[str, Any]) -> None:

@@ -64,7 +64,8 @@ MESSAGE_CASES = [
     MESSAGE_CASES,
     ids=["token-as-arg", "token-in-literal", "api-key", "db-password", "url-query", "twice"],
 )
-def test_secret_filter_masks_messages(capture: tuple[logging.Logger, io.StringIO, logging.Handler], args: tuple[object, ...], hidden: list[str]) -> None:
+def test_secret_filter_masks_messages(capture: tuple[logging.Logger, io.StringIO, logging.Handler], args: tuple[object, ...],
+                                     hidden: list[str]) -> None:
     logger, stream, _ = capture
     logger.warning(*args)
     output = stream.getvalue()

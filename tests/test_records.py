@@ -287,7 +287,7 @@ def test_implausible_timestamps_are_dropped_and_noted(key: str, value: Any) -> N
 
 
 def test_huge_integer_timestamp_is_a_field_problem() -> None:
-    obj = json.loads('{"sessionId": "%s", "startTime": 1%s}' % (SID, "0" * 400))
+    obj = json.loads(f'{{"sessionId": "{SID}", "startTime": 1{"0" * 400}}}')
     record = parse_session(obj)
     assert record.fields["start_time"] is None
     assert record.problems

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def test_an_eviction_drains_through_the_window_without_a_429_or_a_late_listing(t
     log = emulator.request_log or []
     assert [r for r in log if r.status == 429] == []
     listings = [r.at_ms / 1000 for r in log if r.endpoint == "list"]
-    gaps = [b - a for a, b in zip(listings, listings[1:])]
+    gaps = [b - a for a, b in pairwise(listings)]
     assert max(gaps) <= INTERVAL_S, f"a listing came {max(gaps):.1f} simulated seconds after the one before"
     times = [r.at_ms / 1000 for r in log]
     most_in_a_window = max(sum(1 for t in times if start <= t < start + WINDOW_S) for start in times)

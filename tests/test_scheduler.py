@@ -76,7 +76,8 @@ def run(vt: VirtualTime, *coros: Awaitable[Any]) -> list[Any]:
 # -- the peak rate -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("rate", "callers"), [(1.0, 4), (2.0, 5), (4.0, 9), (0.5, 3)], ids=["1-per-s", "2-per-s", "4-per-s", "one-every-2s"])
+@pytest.mark.parametrize(("rate", "callers"), [(1.0, 4), (2.0, 5), (4.0, 9), (0.5, 3)],
+                         ids=["1-per-s", "2-per-s", "4-per-s", "one-every-2s"])
 def test_concurrent_callers_are_spaced_at_the_peak_rate(rate: float, callers: int) -> None:
     vt = VirtualTime()
     scheduler = make(vt, rate)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def assert_no_overlap(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         by_account.setdefault(run["account_id"], []).append(run)
     for account_runs in by_account.values():
-        for before, after in zip(account_runs, account_runs[1:]):
+        for before, after in pairwise(account_runs):
             assert before["finished_at"] is not None
             listed = before["listed_at"] or before["finished_at"]
             assert after["started_at"] >= listed, f"the listings of runs {before['id']} and {after['id']} overlap"
@@ -242,7 +243,8 @@ def test_bad_credentials_are_reported_at_start(tmp_path: Path) -> None:
             "CLOUDFLARE_BASE_URL": server.base_url, "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
         })
         not_migrated = subprocess.run([sys.executable, "-m", "archiver", "run"], env=env, capture_output=True, text=True, timeout=30)
-        refused = subprocess.run([sys.executable, "-m", "archiver", "run", "--auto-migrate"], env=env, capture_output=True, text=True, timeout=30)
+        refused = subprocess.run([sys.executable, "-m", "archiver", "run", "--auto-migrate"], env=env, capture_output=True, text=True,
+                                 timeout=30)
     assert not_migrated.returncode == 1 and "archiver db upgrade" in not_migrated.stderr
     assert refused.returncode == 1 and "refused the credentials" in refused.stderr
 

@@ -15,10 +15,10 @@ from sqlalchemy import Engine, func, select, update
 from archiver import migrate
 from archiver.cloudflare import RequestStats
 from archiver.config import Credentials
+from archiver.detailmode import DetailLearner
 from archiver.emulator import Emulator
 from archiver.records import parse_session
 from archiver.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
-from archiver.detailmode import DetailLearner
 from archiver.sync import AccountState, CycleOptions, DatabaseError, run_cycle
 from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
 from tests.soak import sqlite_locked

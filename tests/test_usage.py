@@ -20,11 +20,11 @@ from sqlalchemy import Engine
 
 from archiver.errors import InputError
 from archiver.reports import stats
-from archiver.reports.spans import Intervals
 from archiver.reports.periods import edges
+from archiver.reports.spans import Intervals
 from archiver.reports.usage import Pricing, bill, nearest_hour, usage
 from archiver.reports.window import Window, sessions_in
-from tests.usage_data import C, D, D0, NAMES, NOW, h
+from tests.usage_data import D0, NAMES, NOW, C, D, h
 
 TWO_DAYS = Window(D0, D0 + timedelta(days=2))
 FIGURES = ("sessions", "sessions_max", "browser_hours", "browser_hours_max", "peak_concurrency",

@@ -21,8 +21,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, Executable, select
 
 from archiver.models import ACTIVE
 from archiver.reports.periods import edges, until_now
@@ -59,7 +60,7 @@ class Cycles:
 def largest_gap(start: datetime, end: datetime, complete: Sequence[datetime]) -> tuple[float, datetime, datetime]:
     """The longest stretch of [start, end] between the complete listings at ``complete`` (sorted)."""
     moments = [start, *complete, end]
-    a, b = max(zip(moments, moments[1:]), key=lambda pair: pair[1] - pair[0])
+    a, b = max(pairwise(moments), key=lambda pair: pair[1] - pair[0])
     return round((b - a).total_seconds(), 3), a, b
 
 
@@ -108,7 +109,7 @@ def _accounts(conn: Connection, account: str | None) -> list[str]:
     return list(conn.scalars(select(r.account_id).distinct()))
 
 
-def _unknown_ends(window: Window, account: str | None) -> Select[tuple[str, datetime]]:
+def _unknown_ends(window: Window, account: str | None) -> Executable:
     stmt = select(s.account_id, s.vanished_at).where(s.end_time.is_(None), s.status != ACTIVE,
                                                        window.holds(s.vanished_at))
     return stmt if account is None else stmt.where(s.account_id == account)

@@ -10,11 +10,11 @@ from sqlalchemy import Connection, Select, Table, select
 from archiver.errors import InputError
 from archiver.reports.window import Window, effective_start, started_or_ended_in
 from archiver.store import runs_table, sessions_table, versions_table
+from archiver.vocabulary import EXPORT_TABLES
 
 # Rows fetched from the cursor at a time: large enough to amortise round trips, small enough
 # that memory stays flat whatever the window holds.
 FETCH_ROWS = 2000
-TABLES = ("sessions", "versions", "runs")
 
 
 def export_rows(
@@ -40,4 +40,4 @@ def _statement(what: str, window: Window) -> tuple[Table, Select[Any]]:
     if what == "runs":
         c = runs_table.c
         return runs_table, select(runs_table).where(window.holds(c.started_at)).order_by(c.started_at, c.id)
-    raise InputError(f"cannot export {what!r}: use one of {', '.join(TABLES)}")
+    raise InputError(f"cannot export {what!r}: use one of {', '.join(EXPORT_TABLES)}")

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import accumulate, compress, count, repeat
+from itertools import accumulate, compress, count, pairwise, repeat
 from operator import eq, sub
 from typing import Any
 
@@ -134,7 +134,7 @@ class Intervals:
         """
         starts, levels = self.starts.values, self._levels_after_starts()
         result = []
-        for lo, hi in zip(edges, edges[1:]):
+        for lo, hi in pairwise(edges):
             first, last = bisect_right(starts, lo), bisect_left(starts, hi)
             at_lo = self.level_at(lo)
             result.append(max(at_lo, max(levels[first:last], default=at_lo)))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 from sqlalchemy import Connection, select
 
@@ -124,7 +125,7 @@ def usage(conn: Connection, window: Window, now: datetime, *, by: str = "day", a
     for account_id in accounts:
         figures = Figures.of(spans.get(account_id, Spans()), round(pricing.idle_keepalive_seconds * 1000))
         daily = list(zip(figures.surely.peaks(days), figures.at_most.peaks(days), strict=True))
-        for start, end in zip(periods, periods[1:]):
+        for start, end in pairwise(periods):
             lo, hi = ms(start), ms(end)
             peaks = [daily[k] for k, day in enumerate(days[:-1]) if lo <= day < hi]
             values = figures.period(lo, hi, peaks)

@@ -18,10 +18,11 @@ from sqlalchemy import ColumnElement, CompoundSelect, Connection, Select, and_, 
 
 from archiver import reasons
 from archiver.errors import InputError
-from archiver.models import ACTIVE, STATUSES
+from archiver.models import ACTIVE
 from archiver.reports.result import Result, result
 from archiver.reports.sqltime import duration_seconds
 from archiver.store import sessions_table
+from archiver.vocabulary import STATUSES
 
 s = sessions_table.c
 
@@ -77,7 +78,7 @@ def still_open_after(when: datetime) -> list[tuple[ColumnElement[bool], ...]]:
     ]
 
 
-def open_during(window: Window, *columns: ColumnElement[Any], account: str | None = None) -> CompoundSelect:
+def open_during(window: Window, *columns: ColumnElement[Any], account: str | None = None) -> CompoundSelect[Any]:
     """``columns`` of the sessions that were open, or maybe open, at some moment of the window."""
     started = or_(s.start_time < window.until, and_(s.start_time.is_(None), s.first_seen_at < window.until))
     branches = [select(*columns).where(started, *conditions) for conditions in still_open_after(window.since)]
