@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from archiver.config import Credentials, Settings
-from archiver.errors import AuthError, FatalError, RetriableError
+from archiver.errors import AuthError, DoubtfulAnswer, FatalError, NoAnswer, ThrottledError, UpstreamError
 from archiver.records import UUID_PATTERN
 from archiver.redact import redact_text
 from archiver.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
@@ -60,10 +60,6 @@ class RequestStats:
 
     def count(self, status: int) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
-
-
-class UpstreamError(RetriableError):
-    """Cloudflare failed in a way that may pass (5xx, 429, timeouts, garbled bodies)."""
 
 
 @dataclass
@@ -387,26 +383,6 @@ class Answer(NamedTuple):
     headers: httpx.Headers
     body: bytes  # decoded
     reason: str
-
-
-class NoAnswer(UpstreamError):
-    """No answer came: the connection failed, or the answer did not come whole in time."""
-
-
-class DoubtfulAnswer(UpstreamError):
-    """A well-formed answer that looks like a glitch (a null detail, another session's id)."""
-
-    def __init__(self, message: str, data: Any) -> None:
-        super().__init__(message)
-        self.data = data
-
-
-class ThrottledError(UpstreamError):
-    """HTTP 429: Cloudflare asks us to slow down."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from archiver.errors import ArchiverError
+from archiver.errors import DeadlineReached
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ class Priority(IntEnum):
     AGAIN = 3
     CHANGED = 4
     NEW = 5
-
-
-class DeadlineReached(ArchiverError):
-    """A request was not granted before its deadline and was not sent; it is still owed."""
 
 
 @dataclass

@@ -25,14 +25,14 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import lifecycle, store
-from archiver.cloudflare import AccountAPI, Listing, NoAnswer, RequestStats
+from archiver.cloudflare import AccountAPI, Listing, RequestStats
 from archiver.config import Settings
 from archiver.detailmode import DetailLearner, DetailMode, detail_adds
-from archiver.errors import ArchiverError, AuthError, BadRecordError, RetriableError, first_line
+from archiver.errors import ArchiverError, AuthError, BadRecordError, DatabaseError, DeadlineReached, NoAnswer, RetriableError, first_line
 from archiver.locks import worker_id
 from archiver.models import ACTIVE
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
-from archiver.scheduler import Deadline, DeadlineReached, Priority
+from archiver.scheduler import Deadline, Priority
 from archiver.vocabulary import FINAL_STATE_DUES, Due, Outcome, Source
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ Fence = Callable[[Connection], None]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class DatabaseError(RetriableError):
-    """The database failed mid-cycle; the transaction under way was rolled back."""
 
 
 @dataclass(frozen=True)

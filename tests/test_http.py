@@ -24,7 +24,7 @@ from archiver import cloudflare, migrate
 from archiver.cloudflare import client_from_settings
 from archiver.config import Credentials, settings_from
 from archiver.emulator import Emulator
-from archiver.errors import FatalError, RetriableError
+from archiver.errors import FatalError, NoAnswer, RetriableError
 from archiver.store import make_engine
 from archiver.sync import CycleOptions, run_cycle
 from tests.helpers import archived
@@ -180,10 +180,10 @@ def test_a_silent_server_and_a_refused_connection_are_no_answer() -> None:
 
     async def go() -> None:
         async with serving(silent) as (_, url), client_of(url, timeout=0.2) as client:
-            with pytest.raises(cloudflare.NoAnswer, match="within 0.2s"):
+            with pytest.raises(NoAnswer, match="within 0.2s"):
                 await client.get_json("/", None, STATS())
         async with client_of(url, timeout=1.0) as client:
-            with pytest.raises(cloudflare.NoAnswer, match="ConnectError"):
+            with pytest.raises(NoAnswer, match="ConnectError"):
                 await client.get_json("/", None, STATS())  # the listener is closed now
 
     asyncio.run(go())

@@ -17,9 +17,10 @@ from archiver.cloudflare import RequestStats
 from archiver.config import Credentials
 from archiver.detailmode import DetailLearner
 from archiver.emulator import Emulator
+from archiver.errors import DatabaseError
 from archiver.records import parse_session
 from archiver.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
-from archiver.sync import AccountState, CycleOptions, DatabaseError, run_cycle
+from archiver.sync import AccountState, CycleOptions, run_cycle
 from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
 from tests.soak import sqlite_locked
 
