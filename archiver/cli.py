@@ -26,7 +26,7 @@ from archiver import __version__, timeparse
 from archiver.errors import ArchiverError, ConfigError, InputError
 from archiver.logs import configure_logging
 from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
-from archiver.vocabulary import EXPORT_TABLES, PRUNE_BATCH, STATUSES, Outcome
+from archiver.vocabulary import CYCLE_COUNTERS, EXPORT_TABLES, PRUNE_BATCH, STATUSES, Outcome
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -605,12 +605,9 @@ def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
 def _describe_cycle(result: CycleResult) -> str:
     if result.outcome == Outcome.SKIPPED:
         return f"{result.account_id}: {result.error}"
-    c = result.counts
+    counted = ", ".join(f"{counter.word} {result.counts.get(counter.name, 0)}" for counter in CYCLE_COUNTERS)
     line = (
-        f"{result.account_id}: {result.outcome} (run {result.run_id}) listed {c.get('listed', 0)}, "
-        f"new {c.get('new', 0)}, changed {c.get('changed', 0)}, vanished {c.get('vanished', 0)}, "
-        f"details {c.get('details_fetched', 0)}, gone {c.get('details_gone', 0)}, "
-        f"carried {c.get('details_carried', 0)}, rejected {c.get('rejected', 0)} in {result.duration_seconds:.2f}s"
+        f"{result.account_id}: {result.outcome} (run {result.run_id}) {counted} in {result.duration_seconds:.2f}s"
         + (f" (detail mode {result.detail_mode})" if result.detail_mode else "")
     )
     return f"{line}\n  error: {printable(result.error)}" if result.error else line

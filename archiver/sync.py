@@ -33,7 +33,7 @@ from archiver.locks import worker_id
 from archiver.models import ACTIVE
 from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
 from archiver.scheduler import Deadline, Priority
-from archiver.vocabulary import FINAL_STATE_DUES, Due, Outcome, Source
+from archiver.vocabulary import CYCLE_COUNTERS, FINAL_STATE_DUES, STORED_COUNTERS, Due, Outcome, Source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -384,8 +384,7 @@ class _Cycle:
             "listed_at": self.listed_at,
             "error": "; ".join(self.errors)[:4000] or None,
         }
-        for name in ("listed", "new", "changed", "vanished", "reappeared", "details_fetched", "details_gone",
-                     "details_failed", "details_carried", "rejected"):
+        for name in STORED_COUNTERS:
             values[name] = self.counts[name]
         return values
 
@@ -817,15 +816,12 @@ def _listed_id(item: Any) -> str | None:
 
 
 def _log_result(result: CycleResult, stats: RequestStats) -> None:
-    c = result.counts
+    counted = " ".join(f"{counter.word}={result.counts.get(counter.name, 0)}" for counter in CYCLE_COUNTERS)
     log.log(
         logging.WARNING if result.failed else logging.INFO,
-        "cycle account=%s run=%d outcome=%s complete=%s pages=%d listed=%d new=%d changed=%d vanished=%d "
-        "details=%d gone=%d waived=%d carried=%d rejected=%d mode=%s requests=%d retries=%d throttled=%d "
+        "cycle account=%s run=%d outcome=%s complete=%s pages=%d %s mode=%s requests=%d retries=%d throttled=%d "
         "duration=%.3fs%s",
-        result.account_id, result.run_id, result.outcome, result.listing_complete, result.pages,
-        c.get("listed", 0), c.get("new", 0), c.get("changed", 0), c.get("vanished", 0),
-        c.get("details_fetched", 0), c.get("details_gone", 0), c.get("details_waived", 0), c.get("details_carried", 0),
-        c.get("rejected", 0), result.detail_mode, stats.requests, stats.retries, stats.throttled, result.duration_seconds,
+        result.account_id, result.run_id, result.outcome, result.listing_complete, result.pages, counted,
+        result.detail_mode, stats.requests, stats.retries, stats.throttled, result.duration_seconds,
         f" error={result.error}" if result.error else "",
     )

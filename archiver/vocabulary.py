@@ -8,6 +8,7 @@ paying SQLAlchemy's import time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -50,6 +51,34 @@ class Outcome(StrEnum):
     def failed(self) -> bool:
         return self in (Outcome.FAILED, Outcome.ABORTED)
 
+
+@dataclass(frozen=True)
+class CycleCounter:
+    """One thing a poll cycle counts: the key in its counts, its ledger column if it has one
+    (``stored``), and the word its log line and the command line's summary give it."""
+
+    name: str
+    word: str
+    stored: bool = True
+
+
+# What a cycle's ledger row, its log line and `archiver sync`'s summary report, in this order.
+# A stored counter is a column of sync_runs (models.SyncRun): adding one takes a line here, the
+# column and its migration.
+CYCLE_COUNTERS = (
+    CycleCounter("listed", "listed"),
+    CycleCounter("new", "new"),
+    CycleCounter("changed", "changed"),
+    CycleCounter("vanished", "vanished"),
+    CycleCounter("reappeared", "reappeared"),
+    CycleCounter("details_fetched", "details"),
+    CycleCounter("details_gone", "gone"),
+    CycleCounter("details_waived", "waived", stored=False),
+    CycleCounter("details_failed", "failed"),
+    CycleCounter("details_carried", "carried"),
+    CycleCounter("rejected", "rejected"),
+)
+STORED_COUNTERS = tuple(counter.name for counter in CYCLE_COUNTERS if counter.stored)
 
 STATUSES = tuple(status.value for status in Status)
 # Most urgent first; a final state asked again (AGAIN_RANK) ranks between the first asks for final

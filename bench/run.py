@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import accounts, dlt_side, fidelity, growth, listing, machine, steady, throughput
+from bench import accounts, dlt_side, fidelity, growth, listing, machine, startup, steady, throughput
 from bench.harness import Figure, Options, Outcome
 
 HERE = Path(__file__).parent
@@ -50,6 +50,7 @@ WORKLOADS: dict[str, Callable[[Options], Outcome]] = {
     "throughput": throughput.run,
     "fidelity": fidelity.run,
     "dlt": dlt_side.run,
+    "startup": startup.run,
     "reports": reports,
 }
 DEFAULT = [name for name in WORKLOADS if name != "reports"]  # that one has its own command and results
