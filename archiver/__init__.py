@@ -1,4 +1,12 @@
-"""Browser session archiver: keeps the history of Cloudflare Browser Rendering DevTools sessions."""
+"""Browser session archiver: keeps the history of Cloudflare Browser Rendering DevTools sessions.
+
+``Archive`` (archiver.library) is the library's front door; it is imported when first named, so
+that the command line starts without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from archiver.errors import (
     ArchiverError,
@@ -9,9 +17,13 @@ from archiver.errors import (
     RetriableError,
 )
 
+if TYPE_CHECKING:
+    from archiver.library import Archive
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Archive",
     "ArchiverError",
     "AuthError",
     "BadRecordError",
@@ -20,3 +32,11 @@ __all__ = [
     "RetriableError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Archive":
+        from archiver.library import Archive
+
+        return Archive
+    raise AttributeError(f"module 'archiver' has no attribute {name!r}")

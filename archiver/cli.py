@@ -31,10 +31,10 @@ from archiver.vocabulary import CYCLE_COUNTERS, EXPORT_TABLES, PRUNE_BATCH, STAT
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from archiver.archive.sync import CycleResult
     from archiver.config import Settings
     from archiver.reports.result import Result
     from archiver.reports.usage import Pricing
-    from archiver.sync import CycleResult
 
 
 @dataclass
@@ -55,13 +55,13 @@ class App:
         return self._settings
 
     def engine(self, *, read_only: bool = False, bounded: bool = False) -> Engine:
-        from archiver.store import make_engine
+        from archiver.archive.store import make_engine
 
         return make_engine(self.settings().database_url.get_secret_value(), read_only=read_only, bounded=bounded)
 
     def archive(self) -> Engine:
         """The engine of a database that must already be at the current schema."""
-        from archiver import migrate
+        from archiver.archive import migrate
 
         engine = self.engine()
         migrate.require_current(engine)
@@ -70,7 +70,7 @@ class App:
     def reader(self) -> Engine:
         """The engine of an archive at the current schema, for a command that only reads it: a
         SQLite file is opened read-only, and never created."""
-        from archiver import migrate
+        from archiver.archive import migrate
 
         engine = self.engine(read_only=True)
         migrate.require_current(engine)
@@ -99,16 +99,15 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 @pass_app
 def sync(app: App, auto_migrate: bool) -> int:
     """Run one poll cycle for every configured account; exit 1 if any account failed."""
+    from archiver.library import Archive
+
     settings = app.settings()
     settings.credentials(), settings.accounts()  # fail fast, before touching the database
     _ensure_schema(app.engine(), auto_migrate)  # a migration may take its time; the cycles may not
-    engine = app.engine(bounded=True)
+    archive = Archive(settings)
+    archive.engine(bounded=True)
     _freeze_startup_objects()
-    import asyncio
-
-    from archiver.runner import sync_accounts
-
-    results = asyncio.run(sync_accounts(settings, engine))
+    results = archive.sync()
     for result in results:
         click.echo(_describe_cycle(result))
     return 1 if any(r.failed for r in results) else 0
@@ -121,7 +120,7 @@ def run(app: App, auto_migrate: bool) -> int:
     """Poll every account on a schedule until SIGTERM or SIGINT (a second one stops at once)."""
     import asyncio
 
-    from archiver.runner import Runner
+    from archiver.service.runner import Runner
 
     settings = app.settings()
     settings.credentials(), settings.accounts()
@@ -141,7 +140,7 @@ def db() -> None:
 @pass_app
 def db_upgrade(app: App, revision: str) -> int:
     """Migrate the database to the latest schema (or to --revision)."""
-    from archiver import migrate
+    from archiver.archive import migrate
 
     engine = app.engine()
     migrate.upgrade(engine, revision)
@@ -154,7 +153,7 @@ def db_upgrade(app: App, revision: str) -> int:
 @pass_app
 def db_downgrade(app: App, revision: str) -> int:
     """Migrate the database down to REVISION ('base' removes every archiver table)."""
-    from archiver import migrate
+    from archiver.archive import migrate
 
     engine = app.engine()
     migrate.downgrade(engine, revision)
@@ -166,7 +165,7 @@ def db_downgrade(app: App, revision: str) -> int:
 @pass_app
 def db_current(app: App) -> int:
     """Show the database's schema revision and this version's latest."""
-    from archiver import migrate
+    from archiver.archive import migrate
 
     current = migrate.current_revision(app.engine(read_only=True))
     click.echo(f"current: {current or 'none'}\nlatest:  {migrate.head_revision()}")
@@ -359,11 +358,10 @@ def report_active_at(app: App, when: datetime, account: str | None, fmt: str) ->
 def report_sessions(app: App, since: datetime, until: datetime, reason: str | None, status: str | None,
                     account: str | None, fmt: str) -> int:
     """Sessions that started or ended in the window."""
-    from archiver.reports import Window
-    from archiver.reports import window as windows
+    from archiver.library import Archive
 
-    with app.reader().connect() as conn:
-        return _show(windows.sessions_in(conn, Window(since, until), account=account, reason=reason, status=status), fmt)
+    with Archive(app.settings()) as archive:
+        return _show(archive.sessions(since, until, account=account, reason=reason, status=status), fmt)
 
 
 @report.command("reasons")
@@ -460,9 +458,9 @@ def report_coverage(app: App, since: datetime, until: datetime, by: str | None, 
 @pass_app
 def report_incident(app: App, at: datetime, before: str, after: str, account: str | None, output: Path) -> int:
     """One document for a post-incident review: open sessions, closes against the days before, concurrency, coverage."""
-    from archiver import document
+    from archiver.reports import document
     from archiver.reports.incident import incident
-    from archiver.timeline import build_timeline
+    from archiver.reports.timeline import build_timeline
 
     kind = document.format_of(output)
     reach = {name: _age(name, text) for name, text in (("--before", before), ("--after", after))}
@@ -540,7 +538,7 @@ def export(app: App, since: datetime, until: datetime, what: str, account: str |
 def timeline(app: App, since: datetime, until: datetime, account: str | None, output: Path) -> int:
     """Draw the sessions of a window as a self-contained HTML page (bars by close reason, concurrency beneath)."""
     from archiver.reports import Window
-    from archiver.timeline import build_timeline
+    from archiver.reports.timeline import build_timeline
 
     window = Window(since, until)
     with app.reader().connect() as conn:
@@ -560,11 +558,11 @@ def timeline(app: App, since: datetime, until: datetime, account: str | None, ou
 @pass_app
 def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: bool) -> int:
     """Delete old versions, ledger rows and rejected records (and, if asked, ended sessions) in batches."""
-    from archiver import prune as retention
+    from archiver.library import Archive
 
     cutoff = app.now - timeparse.parse_age(age)
-    counts = retention.prune(app.archive(), cutoff, include_sessions=include_sessions, batch_size=batch_size,
-                             dry_run=dry_run)
+    with Archive(app.settings()) as archive:
+        counts = archive.prune(cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
     click.echo(table(["rows", verb], counts.items()))
@@ -591,7 +589,7 @@ def _open_output(path: Path) -> TextIO:
 
 def _ensure_schema(engine: Engine, auto_migrate: bool) -> None:
     """The schema current (migrated first if asked); the engine, used for that alone, let go."""
-    from archiver import migrate
+    from archiver.archive import migrate
 
     try:
         if auto_migrate:

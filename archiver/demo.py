@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from archiver import migrate, reports
+from archiver import reports
+from archiver.archive import migrate
+from archiver.archive.store import make_engine, sessions_table
+from archiver.archive.sync import CycleResult
 from archiver.config import settings_from
 from archiver.emulator import Emulator
-from archiver.runner import sync_accounts
-from archiver.store import make_engine, sessions_table
-from archiver.sync import CycleResult
+from archiver.service.runner import sync_accounts
 
 # The emulator's clock runs this much faster than real time, so sessions live and die within
 # seconds of wall time while keeping realistic simulated lifetimes.

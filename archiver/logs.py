@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from archiver.redact import redact_text
+from archiver.archive.redact import redact_text
 
 MASK = "***"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from archiver.cloudflare import RequestStats
+from archiver.api.cloudflare import RequestStats
+from archiver.archive.sync import CycleOptions, run_cycle
 from archiver.config import Settings
-from archiver.sync import CycleOptions, run_cycle
 from bench import steady
 from bench.harness import Options, Outcome, bench_settings, client, median, migrated_engine, sqlite_database
 from bench.remote import Endpoint, RemoteEmulator

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from archiver import migrate
-from archiver.cloudflare import CloudflareClient, client_from_settings
+from archiver.api.cloudflare import CloudflareClient, client_from_settings
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
 from archiver.config import Settings, settings_from
-from archiver.store import make_engine
 from bench.remote import Endpoint
 
 POSTGRES_URL = os.environ.get("ARCHIVER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

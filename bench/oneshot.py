@@ -14,10 +14,10 @@ import sys
 import time
 from typing import Any
 
-from archiver.cloudflare import RequestStats, client_from_settings
+from archiver.api.cloudflare import RequestStats, client_from_settings
+from archiver.archive.store import make_engine
+from archiver.archive.sync import CycleOptions, run_cycle
 from archiver.config import settings_from
-from archiver.store import make_engine
-from archiver.sync import CycleOptions, run_cycle
 
 LIFTED_RATE_LIMIT = 100_000.0  # as bench.harness lifts them: a local emulator is not Cloudflare
 LIFTED_UPSTREAM_LIMIT = 1_000_000_000

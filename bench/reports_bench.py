@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from archiver import document, migrate
-from archiver.reports import Window, coverage, incident, ledger, open_at, stats, story, usage
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
+from archiver.reports import Window, coverage, document, incident, ledger, open_at, stats, story, usage
+from archiver.reports.timeline import build_timeline
 from archiver.reports.window import sessions_in
-from archiver.store import make_engine
-from archiver.timeline import build_timeline
 from bench.synthetic_archive import Shape, generate, load
 
 END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)

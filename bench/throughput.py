@@ -8,9 +8,9 @@ import time
 
 from sqlalchemy import Engine
 
-from archiver.cloudflare import RequestStats
+from archiver.api.cloudflare import RequestStats
+from archiver.archive.sync import CycleOptions, run_cycle
 from archiver.config import Settings
-from archiver.sync import CycleOptions, run_cycle
 from bench.harness import Options, Outcome, bench_settings, client, migrated_engine, sqlite_database
 from bench.remote import RemoteEmulator
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from archiver.archive.models import Base
+from archiver.archive.store import make_engine
 from archiver.config import load_settings
-from archiver.models import Base
-from archiver.store import make_engine
 
 config = context.config
 target_metadata = Base.metadata

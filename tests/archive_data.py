@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from archiver import migrate, store
-from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
+from archiver.archive import migrate, store
+from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED
 
 A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"

@@ -15,8 +15,8 @@ from hypothesis import settings
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from archiver import migrate
-from archiver.store import make_engine
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
 
 POSTGRES_URL = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("ARCHIVER_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")

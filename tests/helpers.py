@@ -11,11 +11,11 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
-from archiver.cloudflare import CloudflareClient, RequestStats
+from archiver.api.cloudflare import CloudflareClient, RequestStats
+from archiver.archive.records import ms_to_datetime
+from archiver.archive.store import runs_table, sessions_table, versions_table
+from archiver.archive.sync import CycleOptions, CycleResult, run_cycle
 from archiver.config import Credentials
-from archiver.records import ms_to_datetime
-from archiver.store import runs_table, sessions_table, versions_table
-from archiver.sync import CycleOptions, CycleResult, run_cycle
 
 
 def client_for(server: Any, emulator: Any, credentials: Credentials | None = None, **overrides: Any) -> CloudflareClient:

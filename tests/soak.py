@@ -27,11 +27,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from archiver.archive.models import Base
+from archiver.archive.records import ms_to_datetime
+from archiver.archive.store import make_engine, runs_table, sessions_table, versions_table
 from archiver.emulator import Emulator, Faults
 from archiver.emulator.app import ServedPage
-from archiver.models import Base
-from archiver.records import ms_to_datetime
-from archiver.store import make_engine, runs_table, sessions_table, versions_table
 
 OK_OUTCOMES = ("ok", "partial")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from archiver.cadence import FAST_LISTING_SHARE, MAX_LISTING_SHARE, planned
 from archiver.config import settings_from
+from archiver.service.cadence import FAST_LISTING_SHARE, MAX_LISTING_SHARE, planned
 
 # The defaults: 30 s interval, a 10 s floor, 25% of 1200 requests per 300 s.
 INTERVAL, FLOOR, LIMIT, WINDOW = 30.0, 10.0, 300, 300.0

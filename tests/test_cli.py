@@ -17,9 +17,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from archiver import locks, store
+from archiver.archive import store
+from archiver.archive.store import make_engine
 from archiver.emulator import Emulator
-from archiver.store import make_engine
+from archiver.service import locks
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver import migrate
-from archiver.store import make_engine
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
 from bench.synthetic_archive import Shape, generate, load
 from tests import archive_data as data
 from tests.test_cli import run

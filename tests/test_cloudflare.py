@@ -15,8 +15,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from archiver import cloudflare
-from archiver.cloudflare import (
+from archiver.api import cloudflare
+from archiver.api.cloudflare import (
     PAGE_OVERLAP,
     PAGE_SIZE,
     CloudflareClient,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from archiver.detailmode import QUIET_STREAK, SAMPLE_EVERY, DetailLearner, DetailMode, detail_adds, learner_for, sampled
-from archiver.lifecycle import observe_listed
-from archiver.records import parse_session
+from archiver.archive.detailmode import QUIET_STREAK, SAMPLE_EVERY, DetailLearner, DetailMode, detail_adds, learner_for, sampled
+from archiver.archive.lifecycle import observe_listed
+from archiver.archive.records import parse_session
 
 SID = "0f0e0d0c-0b0a-4909-8807-060504030201"
 START_MS = 1_800_000_000_000

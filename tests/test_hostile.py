@@ -25,18 +25,19 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, column, select, table
 
-from archiver import cloudflare, migrate
-from archiver.cloudflare import RequestStats
+from archiver.api import cloudflare
+from archiver.api.cloudflare import RequestStats
+from archiver.archive import migrate
+from archiver.archive.records import parse_session, reject_body
+from archiver.archive.redact import redact_text, redact_url
+from archiver.archive.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
+from archiver.archive.store import make_engine, rejects_table
 from archiver.config import load_settings
 from archiver.emulator import Emulator
 from archiver.emulator.server import Reply
 from archiver.errors import ConfigError
 from archiver.logs import SecretFilter
-from archiver.records import parse_session, reject_body
-from archiver.redact import redact_text, redact_url
 from archiver.render import table as text_table
-from archiver.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
-from archiver.store import make_engine, rejects_table
 from tests import archive_data
 from tests.helpers import archived, client_for, cycle, versions_of
 from tests.soak import text_of_every_column

@@ -24,14 +24,14 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from archiver import migrate
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
 from archiver.config import settings_from
 from archiver.emulator import Emulator
 from archiver.emulator.server import Reply
-from archiver.locks import leases
-from archiver.metrics import Metrics
-from archiver.runner import Runner
-from archiver.store import make_engine
+from archiver.service.locks import leases
+from archiver.service.metrics import Metrics
+from archiver.service.runner import Runner
 from tests.helpers import archived, archiver_environment, cycle, ledger
 from tests.soak import TcpProxy
 from tests.test_service import free_port

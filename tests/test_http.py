@@ -20,13 +20,14 @@ import trustme
 from httpcore._async import http11
 from pydantic import SecretStr
 
-from archiver import cloudflare, migrate
-from archiver.cloudflare import client_from_settings
+from archiver.api import cloudflare
+from archiver.api.cloudflare import client_from_settings
+from archiver.archive import migrate
+from archiver.archive.store import make_engine
+from archiver.archive.sync import CycleOptions, run_cycle
 from archiver.config import Credentials, settings_from
 from archiver.emulator import Emulator
 from archiver.errors import FatalError, NoAnswer, RetriableError
-from archiver.store import make_engine
-from archiver.sync import CycleOptions, run_cycle
 from tests.helpers import archived
 
 # What a scripted server does with one request on a connection: write its answer, or return

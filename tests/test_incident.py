@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from archiver import document
 from archiver.errors import InputError
+from archiver.reports import document
 from archiver.reports.incident import Incident, incident, slice_edges
+from archiver.reports.timeline import build_timeline
 from archiver.reports.window import Window
-from archiver.timeline import build_timeline
 from tests import archive_data
 from tests.usage_data import INCIDENT_AT, NAMES, NOW, C, D, h
 

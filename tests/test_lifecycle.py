@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archiver.lifecycle import (
+from archiver.archive.lifecycle import (
     MAX_DETAIL_ATTEMPTS,
     Transition,
     listed_unchanged,
@@ -22,8 +22,8 @@ from archiver.lifecycle import (
     observe_vanished,
     observe_waived,
 )
-from archiver.models import ACTIVE, CLOSED, GONE, VANISHED, BrowserSession, SessionVersion
-from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state, ms_to_datetime, parse_session
+from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED, BrowserSession, SessionVersion
+from archiver.archive.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state, ms_to_datetime, parse_session
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 SID = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"

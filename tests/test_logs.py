@@ -163,8 +163,8 @@ def test_configure_logging_masks_and_formats(capsys: pytest.CaptureFixture[str],
         configure_logging("INFO", fmt, [TOKEN])  # safe to call again: still one handler
         assert len(logging.getLogger().handlers) == 1
         assert logging.getLogger("httpx").level == logging.WARNING
-        logging.getLogger("archiver.sync").info("using %s", TOKEN)
-        logging.getLogger("archiver.sync").debug("hidden at INFO")
+        logging.getLogger("archiver.archive.sync").info("using %s", TOKEN)
+        logging.getLogger("archiver.archive.sync").debug("hidden at INFO")
         logging.getLogger("httpx").info("HTTP Request: GET https://h/p?jwt=x")
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -173,4 +173,4 @@ def test_configure_logging_masks_and_formats(capsys: pytest.CaptureFixture[str],
     if fmt == "json":
         assert json.loads(lines[0])["message"] == f"using {MASK}"
     else:
-        assert lines[0].endswith(f"INFO archiver.sync: using {MASK}")
+        assert lines[0].endswith(f"INFO archiver.archive.sync: using {MASK}")

@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import Engine, select
 
-from archiver import migrate
+from archiver.archive import migrate
+from archiver.archive.lifecycle import MAX_DETAIL_ATTEMPTS, observe_listed
+from archiver.archive.models import CLOSED, GONE, VANISHED
+from archiver.archive.records import EPOCH, MAX_MS, MIN_MS, ms_to_datetime, parse_session
+from archiver.archive.store import SESSION_KEY, make_engine, sessions_table, upsert, versions_table
 from archiver.emulator import CLOSE_REASONS, Emulator
 from archiver.errors import BadRecordError
-from archiver.lifecycle import MAX_DETAIL_ATTEMPTS, observe_listed
-from archiver.models import CLOSED, GONE, VANISHED
-from archiver.records import EPOCH, MAX_MS, MIN_MS, ms_to_datetime, parse_session
-from archiver.store import SESSION_KEY, make_engine, sessions_table, upsert, versions_table
 from tests.helpers import archived, cycle
 
 SID = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from archiver import prune as retention
-from archiver import store
+from archiver.archive import prune as retention
+from archiver.archive import store
 from archiver.errors import InputError
 from tests import archive_data as data
 from tests.archive_data import A, m

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, literal, null, select
 
-from archiver import reasons
+from archiver.archive import reasons
 
 
 @pytest.mark.parametrize(

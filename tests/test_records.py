@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archiver.errors import BadRecordError
-from archiver.records import (
+from archiver.archive.records import (
     LIFECYCLE_FIELDS,
     REDACTED,
     STATE_FIELDS,
@@ -27,6 +26,7 @@ from archiver.records import (
     redact_url,
     reject_body,
 )
+from archiver.errors import BadRecordError
 
 SID = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"
 # The example object of the reference pages (seeds/000 and 001), verbatim.

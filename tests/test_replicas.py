@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from archiver import migrate
+from archiver.archive import migrate
+from archiver.archive.store import make_engine, runs_table
 from archiver.emulator import Emulator
-from archiver.locks import leases
-from archiver.store import make_engine, runs_table
+from archiver.service.locks import leases
 from tests.helpers import PollLog, compare_with_truth
 from tests.test_service import assert_no_overlap
 

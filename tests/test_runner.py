@@ -16,13 +16,13 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from archiver import locks
+from archiver.archive.detailmode import sampled
+from archiver.archive.store import make_engine
 from archiver.config import Settings, settings_from
-from archiver.detailmode import sampled
 from archiver.emulator import Emulator
-from archiver.locks import leases
-from archiver.runner import Runner, sync_accounts
-from archiver.store import make_engine
+from archiver.service import locks
+from archiver.service.locks import leases
+from archiver.service.runner import Runner, sync_accounts
 from tests.helpers import archived, archiver_environment, ledger
 
 
@@ -177,7 +177,7 @@ def test_an_eviction_drains_through_the_window_without_a_429_or_a_late_listing(t
     emulator.set_faults(enforce_rate_limit=True)  # 1200 requests per 300 simulated seconds, then a 5-minute block
     account = emulator.account_ids[0]
     engine = make_engine(f"sqlite:///{tmp_path / 'archive.db'}")
-    from archiver import migrate
+    from archiver.archive import migrate
 
     migrate.upgrade(engine)
     with emulator.serve(port=0) as server:

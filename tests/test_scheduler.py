@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from archiver.api.scheduler import Deadline, Grant, Priority, RequestScheduler, shared_scheduler
 from archiver.errors import DeadlineReached
-from archiver.scheduler import Deadline, Grant, Priority, RequestScheduler, shared_scheduler
 
 
 class VirtualTime:

@@ -23,13 +23,13 @@ import trustme
 from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
-from archiver import migrate
-from archiver.cloudflare import RequestStats, client_from_settings
+from archiver.api.cloudflare import RequestStats, client_from_settings
+from archiver.archive import migrate
+from archiver.archive.store import make_engine, runs_table
+from archiver.archive.sync import utcnow
 from archiver.config import Settings, settings_from
 from archiver.emulator import Emulator, Faults
 from archiver.errors import FatalError
-from archiver.store import make_engine, runs_table
-from archiver.sync import utcnow
 from tests.helpers import cycle
 from tests.soak import devtools_url_tokens, text_of_every_column
 

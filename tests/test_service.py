@@ -17,8 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from archiver.archive.store import make_engine, runs_table
 from archiver.emulator import Emulator
-from archiver.store import make_engine, runs_table
 from tests.helpers import PollLog, archiver_environment, compare_with_truth
 
 

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from sqlalchemy import Connection, Engine, select
 
-from archiver import locks
-from archiver.cloudflare import RequestStats
+from archiver.api.cloudflare import RequestStats
+from archiver.archive.store import runs_table
+from archiver.archive.sync import CycleOptions, CycleResult, run_cycle, utcnow
 from archiver.emulator import Emulator
 from archiver.errors import LeaseLostError
-from archiver.metrics import Metrics, MetricsServer
-from archiver.store import runs_table
-from archiver.sync import CycleOptions, CycleResult, run_cycle, utcnow
+from archiver.service import locks
+from archiver.service.metrics import Metrics, MetricsServer
 from tests.helpers import archived, client_for
 
 A, B = "a" * 32, "b" * 32

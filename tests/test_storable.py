@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from archiver.storable import DEPTH_MARKER, MAX_DEPTH, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
+from archiver.archive.storable import DEPTH_MARKER, MAX_DEPTH, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ from sqlalchemy import Engine, Integer, inspect, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import OperationalError
 
-from archiver import migrate, store
+from archiver.archive import migrate, store
+from archiver.archive.models import ACTIVE, CLOSED, UTCDateTime
 from archiver.errors import ConfigError, DatabaseNotReadyError
-from archiver.models import ACTIVE, CLOSED, UTCDateTime
 from archiver.vocabulary import STORED_COUNTERS
 from tests.soak import sqlite_locked
 

@@ -12,15 +12,15 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select, update
 
-from archiver import migrate
-from archiver.cloudflare import RequestStats
+from archiver.api.cloudflare import RequestStats
+from archiver.archive import migrate
+from archiver.archive.detailmode import DetailLearner
+from archiver.archive.records import parse_session
+from archiver.archive.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
+from archiver.archive.sync import AccountState, CycleOptions, run_cycle
 from archiver.config import Credentials
-from archiver.detailmode import DetailLearner
 from archiver.emulator import Emulator
 from archiver.errors import DatabaseError
-from archiver.records import parse_session
-from archiver.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
-from archiver.sync import AccountState, CycleOptions, run_cycle
 from tests.helpers import PollLog, archived, client_for, compare_with_truth, cycle, versions_of
 from tests.soak import sqlite_locked
 
@@ -269,8 +269,8 @@ def test_content_hashes_change_nothing_in_the_archive(
 ) -> None:
     """Sessions told unchanged by their stored digest end up exactly as when every listed object
     is parsed and compared field by field (forced here by clearing the digests before each cycle)."""
-    from archiver import migrate, sync
-    from archiver.store import make_engine
+    from archiver.archive import migrate, sync
+    from archiver.archive.store import make_engine
 
     parsed = 0
 
@@ -340,8 +340,8 @@ def test_ids_listed_in_upper_case_are_known_again(engine: Engine, emulator: Emul
 
 
 def test_a_cycle_interrupted_mid_details_converges(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from archiver import migrate
-    from archiver.store import make_engine
+    from archiver.archive import migrate
+    from archiver.archive.store import make_engine
 
     def fresh_engine(name: str) -> Engine:
         engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp(name) / 'a.db'}")

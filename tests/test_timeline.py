@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from archiver.archive.store import sessions_table
 from archiver.reports import Window
-from archiver.store import sessions_table
-from archiver.timeline import build_timeline, load_spans, script_json
+from archiver.reports.timeline import build_timeline, load_spans, script_json
 from tests import archive_data as data
 from tests.archive_data import A, m
 

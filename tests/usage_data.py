@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from archiver import store
-from archiver.models import ACTIVE, GONE, VANISHED
+from archiver.archive import store
+from archiver.archive.models import ACTIVE, GONE, VANISHED
 from tests.archive_data import ledger_row, session, sid
 
 C = "cccccccccccccccccccccccccccccccc"

@@ -25,11 +25,11 @@ from itertools import pairwise
 
 from sqlalchemy import Connection, Executable, select
 
-from archiver.models import ACTIVE
+from archiver.archive.models import ACTIVE
+from archiver.archive.store import runs_table, sessions_table
 from archiver.reports.periods import edges, until_now
 from archiver.reports.result import Result, result
 from archiver.reports.window import Window
-from archiver.store import runs_table, sessions_table
 
 r = runs_table.c
 s = sessions_table.c

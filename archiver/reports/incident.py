@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
+from archiver.archive.models import CLOSED
 from archiver.errors import InputError
-from archiver.models import CLOSED
 from archiver.render import cell
 from archiver.reports import coverage, open_at, stats
 from archiver.reports.periods import until_now

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, case, func, select
 
+from archiver.archive.store import runs_table
 from archiver.reports.result import Result, result
-from archiver.store import runs_table
 
 r = runs_table.c
 RUN_COLUMNS = (

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import Connection, desc, func, select
 
-from archiver import reasons
-from archiver.models import CLOSED
+from archiver.archive import reasons
+from archiver.archive.models import CLOSED
+from archiver.archive.store import runs_table, sessions_table
 from archiver.reports.stats import by_reason_name
-from archiver.store import runs_table, sessions_table
 
 s = sessions_table.c
 r = runs_table.c

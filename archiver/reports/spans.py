@@ -35,11 +35,11 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from archiver import reasons
-from archiver.models import ACTIVE
+from archiver.archive import reasons
+from archiver.archive.models import ACTIVE
+from archiver.archive.store import sessions_table
 from archiver.reports.sqltime import epoch_ms
 from archiver.reports.window import Window, open_during
-from archiver.store import sessions_table
 
 s = sessions_table.c
 # Bits of a span's kind.

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
 
-from archiver import reasons
+from archiver.archive import reasons
+from archiver.archive.models import ACTIVE
+from archiver.archive.store import sessions_table
 from archiver.errors import InputError
-from archiver.models import ACTIVE
 from archiver.reports.result import Result, result
 from archiver.reports.sqltime import duration_seconds, time_bucket
 from archiver.reports.window import Window, account_filter, where_all
-from archiver.store import sessions_table
 
 s = sessions_table.c
 PERCENTILES = (50, 90, 99)

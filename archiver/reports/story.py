@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select
 
+from archiver.archive.records import URL_FIELDS
+from archiver.archive.store import runs_table, sessions_table, versions_table
 from archiver.errors import InputError
-from archiver.records import URL_FIELDS
 from archiver.reports.result import Result, result
-from archiver.store import runs_table, sessions_table, versions_table
 
 s = sessions_table.c
 v = versions_table.c

@@ -31,12 +31,12 @@ from itertools import pairwise
 
 from sqlalchemy import Connection, select
 
+from archiver.archive.store import runs_table
 from archiver.errors import InputError
 from archiver.reports.periods import edges, floor, until_now
 from archiver.reports.result import Result, result
 from archiver.reports.spans import IDLE, KNOWN_END, PLATFORM, Intervals, Spans, load_spans, ms
 from archiver.reports.window import Window
-from archiver.store import runs_table
 
 PERIODS = ("day", "month")
 FIGURES = (

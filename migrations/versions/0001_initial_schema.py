@@ -18,7 +18,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Spelled out here rather than imported from archiver.models, so this migration keeps meaning
+# Spelled out here rather than imported from archiver.archive.models, so this migration keeps meaning
 # what it meant when it was written. MariaDB/MySQL have no zoned timestamp: naive UTC, microseconds.
 UTC_TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")

@@ -37,7 +37,7 @@ from types import ModuleType
 
 from alembic import op
 
-from archiver import reasons
+from archiver.archive import reasons
 
 revision: str = '0006'
 down_revision: str | None = '0005'

@@ -24,15 +24,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from archiver import lifecycle, store
-from archiver.cloudflare import AccountAPI, Listing, RequestStats
+from archiver.api.cloudflare import AccountAPI, Listing, RequestStats
+from archiver.api.scheduler import Deadline, Priority
+from archiver.archive import lifecycle, store
+from archiver.archive.detailmode import DetailLearner, DetailMode, detail_adds
+from archiver.archive.models import ACTIVE
+from archiver.archive.records import SessionRecord, listing_hash, parse_session, reject_body
 from archiver.config import Settings
-from archiver.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.errors import ArchiverError, AuthError, BadRecordError, DatabaseError, DeadlineReached, NoAnswer, RetriableError, first_line
-from archiver.locks import worker_id
-from archiver.models import ACTIVE
-from archiver.records import SessionRecord, listing_hash, parse_session, reject_body
-from archiver.scheduler import Deadline, Priority
+from archiver.service.locks import worker_id
 from archiver.vocabulary import CYCLE_COUNTERS, FINAL_STATE_DUES, STORED_COUNTERS, Due, Outcome, Source
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from archiver.archive.redact import REDACTED, redact_text, redact_url
+from archiver.archive.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 from archiver.errors import BadRecordError
-from archiver.redact import REDACTED, redact_text, redact_url
-from archiver.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Millisecond timestamps outside 2000..2100 are almost surely seconds, or garbage.

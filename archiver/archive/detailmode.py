@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from archiver.records import STATE_FIELDS, URL_FIELDS, SessionRecord
-from archiver.redact import redact_url
+from archiver.archive.records import STATE_FIELDS, URL_FIELDS, SessionRecord
+from archiver.archive.redact import redact_url
 
 
 class DetailMode(StrEnum):

@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from archiver.cloudflare import RequestStats
-from archiver.sync import CycleResult
+from archiver.api.cloudflare import RequestStats
+from archiver.archive.sync import CycleResult
 
 log = logging.getLogger(__name__)
 

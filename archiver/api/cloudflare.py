@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from archiver.api.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
+from archiver.archive.records import UUID_PATTERN
+from archiver.archive.redact import redact_text
 from archiver.config import Credentials, Settings
 from archiver.errors import AuthError, DoubtfulAnswer, FatalError, NoAnswer, ThrottledError, UpstreamError
-from archiver.records import UUID_PATTERN
-from archiver.redact import redact_text
-from archiver.scheduler import Deadline, Priority, RequestScheduler, shared_scheduler
 
 log = logging.getLogger(__name__)
 

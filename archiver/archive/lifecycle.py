@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from archiver.models import ACTIVE, CLOSED, GONE, VANISHED
-from archiver.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
+from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED
+from archiver.archive.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
 from archiver.vocabulary import DETAIL_PRIORITY, FINAL_STATE_DUES, Due, Source
 
 # A vanished session whose details still show no end (or no close reason, or nothing at all) is

@@ -15,11 +15,11 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from archiver import sqlitefile
+from archiver.archive import sqlitefile
+from archiver.archive.models import ACTIVE, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+from archiver.archive.records import STATE_FIELDS
+from archiver.archive.storable import bounded_text, json_bytes
 from archiver.errors import ConfigError
-from archiver.models import ACTIVE, BrowserSession, RejectedRecord, SessionVersion, SyncRun
-from archiver.records import STATE_FIELDS
-from archiver.storable import bounded_text, json_bytes
 from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, Outcome
 
 BATCH_SIZE = 500

@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, Table, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from archiver.archive.models import AccountLease
 from archiver.errors import LeaseLostError
-from archiver.models import AccountLease
 
 log = logging.getLogger(__name__)
 leases: Table = AccountLease.__table__  # type: ignore[assignment]

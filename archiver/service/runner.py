@@ -32,15 +32,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from archiver import locks, store
-from archiver.cadence import Cadence, planned
-from archiver.cloudflare import CloudflareClient, RequestStats, client_from_settings, scheduler_for
+from archiver.api.cloudflare import CloudflareClient, RequestStats, client_from_settings, scheduler_for
+from archiver.api.scheduler import Deadline
+from archiver.archive import store
+from archiver.archive.detailmode import learner_for
+from archiver.archive.sync import AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
 from archiver.config import Settings
-from archiver.detailmode import learner_for
 from archiver.errors import ArchiverError, AuthError, LeaseLostError, first_line
-from archiver.metrics import Metrics, MetricsServer
-from archiver.scheduler import Deadline
-from archiver.sync import AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
+from archiver.service import locks
+from archiver.service.cadence import Cadence, planned
+from archiver.service.metrics import Metrics, MetricsServer
 from archiver.vocabulary import Outcome
 
 log = logging.getLogger(__name__)

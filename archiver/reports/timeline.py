@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from archiver import reasons
+from archiver.archive import reasons
+from archiver.archive.models import ACTIVE
+from archiver.archive.store import sessions_table
 from archiver.errors import InputError
-from archiver.models import ACTIVE
 from archiver.reports.window import Window, open_during
-from archiver.store import sessions_table
 from archiver.vocabulary import STATUSES
 
 s = sessions_table.c
@@ -123,7 +123,7 @@ def script_json(document: Any) -> str:
 
 def render_html(document: dict[str, Any]) -> str:
     """The page, with the document embedded."""
-    template = files("archiver").joinpath("timeline.html").read_text(encoding="utf-8")
+    template = files("archiver.reports").joinpath("timeline.html").read_text(encoding="utf-8")
     return template.replace(PLACEHOLDER, script_json(document))
 
 
