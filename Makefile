@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/archiver demo
 
+# Four workers on any machine: most tests wait on sockets, subprocesses and databases, not on a core.
 test: check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 # Style (ruff) and types (mypy --strict), as configured in pyproject.toml; part of `make test`.
 check: $(VENV)/.installed
