@@ -232,6 +232,78 @@ class _Writes:
         store.insert_rows(conn, store.rejects_table, self.rejects)
 
 
+class Ledger:
+    """A cycle's ledger row (sync_runs) and everything it counts: opened first, counted as the
+    cycle goes, closed once, in the cycle's last write when it can be (one commit fewer), else in
+    a transaction of its own. The cycle's result is made from it, so the row, the log line and
+    the result always agree."""
+
+    def __init__(self, account_id: str, worker: str, stats: RequestStats, learner: DetailLearner, clock: Clock) -> None:
+        self.account_id = account_id
+        self.worker = worker
+        self.stats = stats
+        self.learner = learner
+        self.clock = clock
+        self.run_id = 0
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.pages = 0
+        self.listing_complete = False
+        self.listed_at: datetime | None = None  # when the listing was stored (details may come later)
+        self.refused = False  # Cloudflare refused the credentials
+        self.closed = False
+
+    def open(self, conn: Connection, now: datetime, running: Collection[int]) -> None:
+        # The caller holds this account's lease, so any 'running' row but those of this process's
+        # own cycles still fetching details is a dead process's.
+        store.abort_stale_runs(conn, self.account_id, before=now, now=now, keep=running)
+        self.run_id = store.open_run(conn, self.account_id, self.worker, now)
+
+    def outcome(self) -> Outcome:
+        """The outcome of a cycle that went all the way."""
+        return Outcome.OK if self.listing_complete and not self.counts["details_failed"] else Outcome.PARTIAL
+
+    def close_in(self, conn: Connection, outcome: str) -> None:
+        """Close the row in the caller's transaction (the cycle's last write)."""
+        store.finish_run(conn, self.run_id, self.values(outcome))
+        self.closed = True
+
+    def close(self, engine: Engine, outcome: str) -> None:
+        """Close the row in a transaction of its own; a failure is logged, not raised: the cycle's
+        data is committed already, and the next cycle marks a row left running aborted."""
+        try:
+            with engine.begin() as conn:
+                self.close_in(conn, outcome)
+        except SQLAlchemyError as exc:
+            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, first_line(exc))
+
+    def values(self, outcome: str) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "finished_at": self.clock(),
+            "outcome": outcome,
+            "listing_complete": self.listing_complete,
+            "pages": self.pages,
+            "api_requests": self.stats.requests,
+            "retries": self.stats.retries,
+            "throttled": self.stats.throttled,
+            "waited_seconds": round(self.stats.waited_seconds, 3),
+            "throttled_seconds": round(self.stats.throttled_seconds, 3),
+            "detail_mode": self.learner.mode.value,
+            "detail_quiet": self.learner.quiet,
+            "listed_at": self.listed_at,
+            "error": "; ".join(self.errors)[:4000] or None,
+        }
+        for name in STORED_COUNTERS:
+            values[name] = self.counts[name]
+        return values
+
+    def result(self, outcome: str, duration: float) -> CycleResult:
+        return CycleResult(
+            self.account_id, self.run_id, outcome, self.listing_complete, dict(self.counts), duration,
+            "; ".join(self.errors) or None, self.pages, self.learner.mode.value, self.refused,
+        )
+
+
 class _Cycle:
     def __init__(
         self, api: AccountAPI, engine: Engine, options: CycleOptions, clock: Clock, fence: Fence | None,
@@ -246,21 +318,14 @@ class _Cycle:
         self.learner = state.learner
         self.on_listed = on_listed
         self.give_up = give_up
-        self.listed_at: datetime | None = None
-        self.refused = False
         self.suspect: list[str] = []  # active sessions a complete listing left out, too many to believe at once
         self.suspect_at = clock()
         self.listing_failed = False  # Cloudflare failed a page: no detail request would fare better
         self.failing_in_a_row = 0  # detail requests that failed for want of an answer, one after another
         self.stop_details = Deadline()  # passes when the detail requests still waiting should give up
         self.account_id = api.account_id
-        self.run_id = 0
         self.seen: set[str] = set()
-        self.counts: Counter[str] = Counter()
-        self.listing_complete = False
-        self.pages = 0
-        self.errors: list[str] = []
-        self.closed = False  # whether the ledger row is closed (in the cycle's last write, when it can be)
+        self.ledger = Ledger(self.account_id, options.worker, api.stats, state.learner, clock)
 
     async def run(self) -> CycleResult:
         started = time.perf_counter()
@@ -271,8 +336,8 @@ class _Cycle:
         listing.start()
         try:
             await asyncio.sleep(0)  # lets the request go out
-            self.run_id = await self._db(self._open_run, opened_at, frozenset(self.state.running))
-            self.state.running.add(self.run_id)
+            await self._db(self._open_run, opened_at, frozenset(self.state.running))
+            self.state.running.add(self.ledger.run_id)
         except BaseException:
             await listing.drop()
             raise
@@ -283,49 +348,38 @@ class _Cycle:
                     due = await self._list(listing)
                 finally:
                     if self.on_listed is not None:
-                        self.on_listed(self.pages, self.listing_complete)
-                if self.pages and not self.listing_failed:
+                        self.on_listed(self.ledger.pages, self.ledger.listing_complete)
+                if self.ledger.pages and not self.listing_failed:
                     await self._fetch_details(due)
-                    outcome = self._outcome()
-                elif self.pages:
+                    outcome = self.ledger.outcome()
+                elif self.ledger.pages:
                     # Cloudflare failed the listing (unreachable, throttled, erring): detail
                     # requests would fare no better. What is owed stays owed.
                     outcome = Outcome.PARTIAL
                     await self._db(self._count_carried)
         except TimeoutError:
-            outcome = Outcome.PARTIAL if self.listed_at is not None else Outcome.FAILED
-            self.errors.append(f"stopped at the cycle's {self.options.cycle_timeout:g}s deadline; what it owes stays owed")
-            if not self.closed:
+            outcome = Outcome.PARTIAL if self.ledger.listed_at is not None else Outcome.FAILED
+            self.ledger.errors.append(f"stopped at the cycle's {self.options.cycle_timeout:g}s deadline; what it owes stays owed")
+            if not self.ledger.closed:
                 await self._db(self._count_carried)
         except asyncio.CancelledError:
             outcome = Outcome.ABORTED
-            self.errors.append("cancelled (shutdown) before the cycle ended")
+            self.ledger.errors.append("cancelled (shutdown) before the cycle ended")
             raise
         except SQLAlchemyError as exc:
-            self.errors.append(f"database error: {type(exc).__name__}: {first_line(exc)}")
+            self.ledger.errors.append(f"database error: {type(exc).__name__}: {first_line(exc)}")
         except ArchiverError as exc:
-            self.refused = isinstance(exc, AuthError)
-            self.errors.append(str(exc))
+            self.ledger.refused = isinstance(exc, AuthError)
+            self.ledger.errors.append(str(exc))
         except Exception as exc:
-            self.errors.append(f"internal error: {type(exc).__name__}: {exc}")
+            self.ledger.errors.append(f"internal error: {type(exc).__name__}: {exc}")
             raise
         finally:
             duration = time.perf_counter() - started
-            if not self.closed:
-                await self._db(self._close_run, outcome)
-            self.state.running.discard(self.run_id)
-        result = CycleResult(
-            self.account_id,
-            self.run_id,
-            outcome,
-            self.listing_complete,
-            dict(self.counts),
-            duration,
-            "; ".join(self.errors) or None,
-            self.pages,
-            self.learner.mode.value,
-            self.refused,
-        )
+            if not self.ledger.closed:
+                await self._db(self.ledger.close, self.engine, outcome)
+            self.state.running.discard(self.ledger.run_id)
+        result = self.ledger.result(outcome, duration)
         _log_result(result, self.api.stats)
         return result
 
@@ -342,51 +396,12 @@ class _Cycle:
                 self.fence(conn)
             yield conn
 
-    # -- the ledger ---------------------------------------------------------------------------
-
-    def _open_run(self, now: datetime, running: frozenset[int]) -> int:
+    def _open_run(self, now: datetime, running: frozenset[int]) -> None:
         try:
             with self._transaction() as conn:
-                # The caller holds this account's lease, so any 'running' row but those of this
-                # process's own cycles still fetching details is a dead process's.
-                store.abort_stale_runs(conn, self.account_id, before=now, now=now, keep=running)
-                return store.open_run(conn, self.account_id, self.options.worker, now)
+                self.ledger.open(conn, now, running)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot open a ledger row: {first_line(exc)}") from exc
-
-    def _outcome(self) -> Outcome:
-        """The outcome of a cycle that went all the way."""
-        return Outcome.OK if self.listing_complete and not self.counts["details_failed"] else Outcome.PARTIAL
-
-    def _close_run(self, outcome: str) -> None:
-        try:
-            with self.engine.begin() as conn:
-                store.finish_run(conn, self.run_id, self._ledger_values(outcome))
-        except SQLAlchemyError as exc:
-            # The cycle's data is already committed step by step; only its ledger row is stale,
-            # and the next cycle marks it aborted.
-            log.error("account %s run %s: cannot close the ledger row: %s", self.account_id, self.run_id, first_line(exc))
-
-    def _ledger_values(self, outcome: str) -> dict[str, Any]:
-        stats = self.api.stats
-        values: dict[str, Any] = {
-            "finished_at": self.clock(),
-            "outcome": outcome,
-            "listing_complete": self.listing_complete,
-            "pages": self.pages,
-            "api_requests": stats.requests,
-            "retries": stats.retries,
-            "throttled": stats.throttled,
-            "waited_seconds": round(stats.waited_seconds, 3),
-            "throttled_seconds": round(stats.throttled_seconds, 3),
-            "detail_mode": self.learner.mode.value,
-            "detail_quiet": self.learner.quiet,
-            "listed_at": self.listed_at,
-            "error": "; ".join(self.errors)[:4000] or None,
-        }
-        for name in STORED_COUNTERS:
-            values[name] = self.counts[name]
-        return values
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -398,7 +413,7 @@ class _Cycle:
             # Closed however the loop ends, so that a page requested ahead is not left in flight.
             async with aclosing(aiter(listing)) as pages:
                 async for items in pages:
-                    self.pages = listing.pages
+                    self.ledger.pages = listing.pages
                     if not pending:
                         seen_at = self.clock()
                     pending.extend(items)
@@ -408,8 +423,8 @@ class _Cycle:
         except RetriableError as exc:
             # What did arrive is as good as ever; the listing stays incomplete.
             self.listing_failed = True
-            self.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
-            return await self._store_listed(pending, seen_at, ended=listing) if self.pages else []
+            self.ledger.errors.append(f"listing incomplete after {listing.pages} page(s): {exc}")
+            return await self._store_listed(pending, seen_at, ended=listing) if self.ledger.pages else []
         except ArchiverError:
             # Refused half-way (the token revoked, say): the pages that came were answered to
             # credentials Cloudflare accepted, and are kept; the listing proves no absence.
@@ -446,8 +461,8 @@ class _Cycle:
                 self._end_listing(conn, ended, writes)
             writes.store_rows(conn)  # the vanish pass's rows and versions included
             taken_over = owed_more_urgently(claims, writes.rows)
-            store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.run_id)
-            store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.run_id)
+            store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.ledger.run_id)
+            store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.ledger.run_id)
             if ended is None or self.suspect:  # a suspect vanish waits for the confirming listing
                 return [], taken_over
             due = self._end_write(conn, claims.keys() - taken_over)
@@ -456,14 +471,13 @@ class _Cycle:
     def _end_write(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
         """The listing's last write, closing: note when it was stored, read the sessions owed a
         detail (but those of ``elsewhere``), and if none is, close the ledger row."""
-        self.listed_at = self.clock()
+        self.ledger.listed_at = self.clock()
         due = self._read_due(conn, elsewhere)
         if not due and self.read_all_due:
-            self.counts["details_carried"] = self.owed_elsewhere
-            store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
-            self.closed = True
+            self.ledger.counts["details_carried"] = self.owed_elsewhere
+            self.ledger.close_in(conn, self.ledger.outcome())
         else:
-            store.note_listed(conn, self.run_id, self.listed_at)
+            store.note_listed(conn, self.ledger.run_id, self.ledger.listed_at)
         return due
 
     async def _confirm_vanish(self) -> list[dict[str, Any]]:
@@ -473,8 +487,8 @@ class _Cycle:
         held = await self._ids_listed_again()
         confirmed = [] if held is None else [session_id for session_id in self.suspect if session_id not in held]
         if held is None:
-            self.listing_complete = False
-            self.errors.append(f"listing incomplete: it left out {len(self.suspect)} active sessions, and a second "
+            self.ledger.listing_complete = False
+            self.ledger.errors.append(f"listing incomplete: it left out {len(self.suspect)} active sessions, and a second "
                                "listing could not confirm it")
         elif len(confirmed) < len(self.suspect):
             log.warning("account %s: a listing left out %d active sessions, but %d were listed again at once: a "
@@ -501,7 +515,7 @@ class _Cycle:
         except RetriableError:
             return None
         finally:
-            self.pages += listing.pages
+            self.ledger.pages += listing.pages
         return ids if listing.complete else None
 
     def _write_confirmed(self, confirmed: Sequence[str], claims: Mapping[str, Claim]) -> tuple[list[dict[str, Any]], set[str]]:
@@ -511,8 +525,8 @@ class _Cycle:
         with self._transaction() as conn:
             for row in store.load_sessions(conn, self.account_id, confirmed).values():
                 if row["status"] == ACTIVE:
-                    writes.add(lifecycle.observe_vanished(row, at=self.suspect_at, run_id=self.run_id))
-                    self.counts["vanished"] += 1
+                    writes.add(lifecycle.observe_vanished(row, at=self.suspect_at, run_id=self.ledger.run_id))
+                    self.ledger.counts["vanished"] += 1
             writes.store_rows(conn)
             taken_over = owed_more_urgently(claims, writes.rows)
             due = self._end_write(conn, claims.keys() - taken_over)
@@ -534,7 +548,7 @@ class _Cycle:
         # them are told apart without parsing, on one narrow read.
         stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
         unchanged, parsed, rejects = self._sort_listed(hashed, stored_hashes, seen_at)
-        self.counts["listed"] += len(unchanged) + len(parsed)
+        self.ledger.counts["listed"] += len(unchanged) + len(parsed)
         # The rest are parsed and compared on a few columns (those stored at all: every stored
         # session has an entry in stored_hashes); whole rows are read only for the sessions
         # that did change.
@@ -549,7 +563,7 @@ class _Cycle:
                 writes.rehashed[record.session_id] = digest
             else:
                 writes.unchanged.append(record.session_id)
-        self.counts["unchanged"] += len(writes.unchanged) + len(writes.rehashed)
+        self.ledger.counts["unchanged"] += len(writes.unchanged) + len(writes.rehashed)
         known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
         for record, digest in moved:
             step = lifecycle.observe_listed(
@@ -557,23 +571,23 @@ class _Cycle:
                 record,
                 account_id=self.account_id,
                 seen_at=seen_at,
-                run_id=self.run_id,
+                run_id=self.ledger.run_id,
                 detail_wanted=self.learner.wants_detail(record.session_id),
                 content_hash=digest,
             )
-            self.counts[step.kind] += 1
+            self.ledger.counts[step.kind] += 1
             writes.add(step)
         return writes
 
     def _end_listing(self, conn: Connection, ended: Listing, writes: _Writes) -> None:
         """Whether the listing was complete; if it was, its active sessions that it no longer holds
         are vanished (read before this write's upsert: every session it touches was listed)."""
-        self.listing_complete = ended.complete and not self.counts["unidentified"]
+        self.ledger.listing_complete = ended.complete and not self.ledger.counts["unidentified"]
         if ended.problem:
-            self.errors.append(f"listing incomplete: {ended.problem}")
-        elif ended.complete and self.counts["unidentified"]:
-            self.errors.append(f"listing incomplete: {self.counts['unidentified']} item(s) without a usable sessionId")
-        if not self.listing_complete:
+            self.ledger.errors.append(f"listing incomplete: {ended.problem}")
+        elif ended.complete and self.ledger.counts["unidentified"]:
+            self.ledger.errors.append(f"listing incomplete: {self.ledger.counts['unidentified']} item(s) without a usable sessionId")
+        if not self.ledger.listing_complete:
             return
         at = self.clock()
         absent, active = store.active_ids_absent_from(conn, self.account_id, self.seen)
@@ -581,8 +595,8 @@ class _Cycle:
             self.suspect, self.suspect_at = absent, at  # for a second listing to confirm
             return
         for row in store.load_sessions(conn, self.account_id, absent).values():
-            writes.add(lifecycle.observe_vanished(row, at=at, run_id=self.run_id))
-            self.counts["vanished"] += 1
+            writes.add(lifecycle.observe_vanished(row, at=at, run_id=self.ledger.run_id))
+            self.ledger.counts["vanished"] += 1
 
     def _sort_listed(
         self,
@@ -608,7 +622,7 @@ class _Cycle:
                 record = parse_session(item, keep_url_tokens=self.options.keep_url_tokens)
             except BadRecordError as exc:
                 # We cannot tell whose record this was, so this listing cannot prove any absence.
-                self.counts["unidentified"] += 1
+                self.ledger.counts["unidentified"] += 1
                 rejects.append(self._reject(Source.LIST, None, exc.reason, item, kept=False, at=seen_at))
                 continue
             if record.session_id in self.seen:
@@ -629,7 +643,7 @@ class _Cycle:
             if not self.read_all_due:  # some are owed beyond what was read: count them
                 await self._db(self._count_carried)
             return
-        self.state.claim(self.run_id, due)
+        self.state.claim(self.ledger.run_id, due)
         try:
             batch: list[DetailResult] = [(row, WAIVED, None) for row in due if not self._worth_fetching(row)]
             tasks = [asyncio.create_task(self._fetch(row)) for row in due if self._worth_fetching(row)]
@@ -655,7 +669,7 @@ class _Cycle:
                 await self._store_details(batch)
                 await self._db(self._count_carried)
         finally:
-            self.state.unclaim(self.run_id, (row["session_id"] for row in due))
+            self.state.unclaim(self.ledger.run_id, (row["session_id"] for row in due))
 
     def _worth_fetching(self, known: dict[str, Any]) -> bool:
         """Whether an owed detail is still wanted: those of new and changed sessions only while
@@ -685,7 +699,7 @@ class _Cycle:
                 self._no_answer()
             return known, None, exc
         finally:
-            self.state.unclaim(self.run_id, (session_id,))
+            self.state.unclaim(self.ledger.run_id, (session_id,))
         self.failing_in_a_row = 0
         return known, body, None
 
@@ -695,13 +709,13 @@ class _Cycle:
         rather than each spend its timeouts and retries for nothing."""
         self.failing_in_a_row += 1
         if self.failing_in_a_row == UNANSWERED_IN_A_ROW:
-            self.errors.append(f"{UNANSWERED_IN_A_ROW} detail requests in a row got no answer: the rest wait for the next cycle")
+            self.ledger.errors.append(f"{UNANSWERED_IN_A_ROW} detail requests in a row got no answer: the rest wait for the next cycle")
             self.stop_details.at = -math.inf
             self.api.client.scheduler.deadlines_moved()
 
     def _count_carried(self) -> None:
         with self.engine.connect() as conn:
-            self.counts["details_carried"] = store.count_due_for_detail(conn, self.account_id)
+            self.ledger.counts["details_carried"] = store.count_due_for_detail(conn, self.account_id)
 
     async def _store_details(self, batch: Sequence[DetailResult], owed_before: int | None = None) -> int:
         """Store a batch of detail results (see _write_details); return how many of its sessions
@@ -709,7 +723,7 @@ class _Cycle:
         answered = [(known, body) for known, body, error in batch if error is None and body is not DEFERRED]
         for _known, _body, error in batch:
             if error is not None:
-                self.counts["details_failed"] += 1
+                self.ledger.counts["details_failed"] += 1
                 self._note_detail_error(error)
         unanswered = len(batch) - len(answered)  # failed or not sent: still owed
         if not answered and owed_before is None:
@@ -740,20 +754,19 @@ class _Cycle:
                 if now is None:
                     continue  # pruned meanwhile
                 if body is WAIVED:
-                    step = lifecycle.observe_waived(now, run_id=self.run_id)
+                    step = lifecycle.observe_waived(now, run_id=self.ledger.run_id)
                 else:
                     step = self._detail_step(known["detail_due"], now, body, at, writes.rejects, switches)
-                self.counts[DETAIL_COUNTS.get(step.kind, "details_fetched")] += 1
+                self.ledger.counts[DETAIL_COUNTS.get(step.kind, "details_fetched")] += 1
                 if step.kind == "gone":
-                    self.counts["gone"] += 1  # a session whose end the archive will never learn
+                    self.ledger.counts["gone"] += 1  # a session whose end the archive will never learn
                 still_owed += int((step.row or now)["detail_due"] is not None)
                 writes.add(step)
             if closing:
-                self.counts["details_carried"] = (owed_before or 0) + still_owed
+                self.ledger.counts["details_carried"] = (owed_before or 0) + still_owed
             writes.store_rows(conn)
             if closing:
-                store.finish_run(conn, self.run_id, self._ledger_values(self._outcome()))
-        self.closed = closing
+                self.ledger.close_in(conn, self.ledger.outcome())
         return still_owed
 
     def _detail_step(self, reason: str | None, known: dict[str, Any], body: Any, at: datetime,
@@ -761,19 +774,19 @@ class _Cycle:
         """What a detail answer (asked because of ``reason``) makes of the session's current row."""
         session_id = known["session_id"]
         if body is None:
-            return lifecycle.observe_missing(known, at=at, run_id=self.run_id)
+            return lifecycle.observe_missing(known, at=at, run_id=self.ledger.run_id)
         try:
             record = parse_session(body, keep_url_tokens=self.options.keep_url_tokens)
             if record.session_id != session_id:
                 raise BadRecordError(f"asked for {session_id}, got {record.session_id}")
         except BadRecordError as exc:
             rejects.append(self._reject(Source.DETAIL, session_id, exc.reason, body, False, at))
-            return lifecycle.observe_bad_detail(known, run_id=self.run_id)
+            return lifecycle.observe_bad_detail(known, run_id=self.ledger.run_id)
         if record.problems:
             rejects.append(self._reject(Source.DETAIL, session_id, "; ".join(record.problems), body, True, at))
         if reason in (Due.NEW, Due.CHANGED) and self.learner.observe(detail_adds(known, record)):
             switches.append(self.learner.mode)
-        return lifecycle.observe_detail(known, record, at=at, run_id=self.run_id)
+        return lifecycle.observe_detail(known, record, at=at, run_id=self.ledger.run_id)
 
     def _switched(self, mode: DetailMode) -> None:
         """The detail mode switched: say so, and to mode listing, let go the details of new and
@@ -792,14 +805,14 @@ class _Cycle:
 
     def _note_detail_error(self, error: RetriableError) -> None:
         message = f"detail fetch failed: {error}"
-        if message not in self.errors and len(self.errors) < 5:
-            self.errors.append(message)
+        if message not in self.ledger.errors and len(self.ledger.errors) < 5:
+            self.ledger.errors.append(message)
 
     def _reject(self, source: str, session_id: str | None, reason: str, body: Any, kept: bool, at: datetime) -> dict[str, Any]:
-        self.counts["rejected"] += 1
+        self.ledger.counts["rejected"] += 1
         return {
             "account_id": self.account_id,
-            "run_id": self.run_id,
+            "run_id": self.ledger.run_id,
             "rejected_at": at,
             "source": source,
             "session_id": session_id,
