@@ -289,6 +289,59 @@ def test_f6_a_lock_held_on_the_leases_delays_neither_sigterm_nor_the_service(bac
     assert service.returncode == 0, err
 
 
+def test_a_database_that_stalls_one_account_delays_neither_the_other_nor_the_heartbeat(postgres_url: str) -> None:
+    """Each account's database work runs on a thread of its own: while one account's rows are
+    locked (its cycle waits on them), the other account keeps its interval and the leases are
+    renewed; the stalled account goes on once the lock is gone."""
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    emulator = Emulator(accounts=2, initial_sessions=5, seed=78, speed=0.0, spawn_per_minute=0)
+    stalled, free = emulator.account_ids
+
+    def ok_cycles(account: str, since: datetime, until: datetime | None = None) -> int:
+        return sum(1 for r in ledger(engine) if r["account_id"] == account and r["outcome"] == "ok"
+                   and r["finished_at"] is not None and r["finished_at"] > since and (until is None or r["finished_at"] <= until))
+
+    def lease_expiry(account: str) -> datetime:
+        with engine.connect() as conn:
+            return conn.execute(select(leases.c.expires_at).where(leases.c.account_id == account)).scalar_one()
+
+    holder = create_engine(make_url(postgres_url))
+    with emulator.serve(port=0) as server:
+        env = environment(server.base_url, emulator.token, emulator.account_ids, postgres_url,
+                          ARCHIVER_INTERVAL_SECONDS="0.5", ARCHIVER_MIN_INTERVAL_SECONDS="0.5")
+        service = archiver("run", env)
+        try:
+            started = datetime.now(UTC)
+            deadline = time.monotonic() + 30
+            while min(ok_cycles(stalled, started), ok_cycles(free, started)) < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with holder.connect() as conn:
+                conn.execute(text("SELECT session_id FROM browser_sessions WHERE account_id = :a FOR UPDATE"), {"a": stalled})
+                locked_at = datetime.now(UTC)
+                leases_before = lease_expiry(free)
+                time.sleep(4)
+                released_at = datetime.now(UTC)
+                leases_after = lease_expiry(free)
+                conn.rollback()
+            free_meanwhile = ok_cycles(free, locked_at, released_at)
+            stalled_meanwhile = ok_cycles(stalled, locked_at + (released_at - locked_at) / 4, released_at)
+            deadline = time.monotonic() + 20
+            while ok_cycles(stalled, released_at) < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stalled_after = ok_cycles(stalled, released_at)
+        finally:
+            service.send_signal(signal.SIGTERM)
+            _out, err = service.communicate(timeout=60)
+    holder.dispose()
+    engine.dispose()
+    assert service.returncode == 0, err
+    assert stalled_meanwhile == 0, "the locked account's cycles should have waited on the lock"
+    assert free_meanwhile >= 4, f"the other account finished {free_meanwhile} cycles in 4 s at a 0.5 s interval"
+    assert leases_after > leases_before, "the heartbeat stopped renewing leases while one account was stalled"
+    assert stalled_after >= 1, "the stalled account did not go on once the lock was released"
+
+
 # -- F9: one glitch is not a mass vanish ------------------------------------------------------------
 
 
