@@ -11,7 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Column, Engine, MetaData, String, Table, inspect, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from archiver.errors import DatabaseNotReadyError, first_line
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # The revision this version of the archiver works with: the head of migrations/versions (a test
 # holds it to Alembic's own answer). A new migration moves it.
 HEAD_REVISION = "0006"
-VERSION_TABLE = "alembic_version"
+VERSION_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
 
 
 def alembic_config(database_url: str) -> Config:
@@ -53,9 +53,9 @@ def current_revision(engine: Engine) -> str | None:
     """The database's schema revision, None if it has no archiver schema."""
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table(VERSION_TABLE):
+            if not inspect(conn).has_table(VERSION_TABLE.name):
                 return None
-            revision: str | None = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            revision: str | None = conn.execute(select(VERSION_TABLE.c.version_num)).scalar()
             return revision
     except SQLAlchemyError as exc:
         raise DatabaseNotReadyError(f"cannot read the database: {first_line(exc)}") from exc

@@ -112,21 +112,27 @@ def acquire(engine: Engine, account_id: str, holder: str, ttl_seconds: float, no
 
 
 def renew(engine: Engine, account_ids: Iterable[str], holder: str, ttl_seconds: float, now: datetime) -> set[str]:
-    """Extend every lease we hold among ``account_ids`` in one statement; return those still ours.
+    """Extend the leases we hold among ``account_ids``; return the accounts still ours.
 
     A lease that lapsed while nobody took it over (say, the database was away for a while) is
     still ours: the holder column, changed only by a taker, says who owns an account.
+
+    A lease row locked by a transaction under way is left alone (SKIP LOCKED): it is one of our
+    cycles' writes, whose fence renews the lease when it commits, or a taker's, whose outcome the
+    next renewal sees. Waiting for it would make one account's stalled write hold back the
+    renewal of every lease, and through them every other account's writes.
     """
     ids = list(account_ids)
     if not ids:
         return set()
     with engine.begin() as conn:
-        conn.execute(
-            update(leases)
-            .where(c.account_id.in_(ids), c.holder == holder)
-            .values(expires_at=now + timedelta(seconds=ttl_seconds))
-        )
-        return set(conn.scalars(select(c.account_id).where(c.account_id.in_(ids), c.holder == holder)))
+        ours = set(conn.scalars(select(c.account_id).where(c.account_id.in_(ids), c.holder == holder)))
+        free = list(conn.scalars(
+            select(c.account_id).where(c.account_id.in_(ours), c.holder == holder).with_for_update(skip_locked=True)
+        )) if ours else []
+        if free:
+            conn.execute(update(leases).where(c.account_id.in_(free)).values(expires_at=now + timedelta(seconds=ttl_seconds)))
+    return ours
 
 
 def confirm(conn: Connection, account_id: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
