@@ -83,8 +83,10 @@ async def run_demo(
         truth = emulator.truth()
     with engine.connect() as conn:
         archived_ids = set(conn.scalars(select(sessions_table.c.session_id)))
-        # Only sessions alive at some moment between the first and the last poll could be seen.
-        first_poll, last_poll = polls[0][0], polls[-1][0]
+        # Only sessions alive at some moment between the end of the first poll and the start of
+        # the last could be seen for certain: every such moment lies between two listings. (One
+        # that closed while the first cycle was starting up, before its listing, never could.)
+        first_poll, last_poll = polls[0][1], polls[-1][0]
         during = [t for t in truth if t["startTime"] <= last_poll and (t["closedAtMs"] or first_poll) >= first_poll]
         missed = [t for t in during if t["sessionId"] not in archived_ids]
         summary = DemoSummary(

@@ -196,14 +196,13 @@ def test_f4_a_worker_whose_database_went_silent_stops_renewing_its_lease_and_say
                               ARCHIVER_METRICS_PORT=str(metrics_port), ARCHIVER_SHUTDOWN_GRACE_SECONDS="1")
             service = archiver("run", env)
             health = f"http://127.0.0.1:{metrics_port}/healthz"
-            _wait(lambda: _get(health) == 200, 30, service)
+            _wait(lambda: _get(health) == 200 and _lease_expiry(direct) is not None, 30, service)
             with proxy.stalled():  # the database's connections stay open, but nothing comes back
                 stalled_at = datetime.now(UTC)
                 # First the listing is late; then the cycle is past its deadline, and called stuck.
                 _wait(lambda: "stuck" in _text(health), 30, service)
                 assert _get(health) == 503
-                with direct.connect() as conn:
-                    expires = conn.scalar(select(leases.c.expires_at))
+                expires = _lease_expiry(direct)
                 sent = time.monotonic()
                 service.send_signal(signal.SIGTERM)
                 _out, err = service.communicate(timeout=30)
@@ -214,6 +213,12 @@ def test_f4_a_worker_whose_database_went_silent_stops_renewing_its_lease_and_say
     finally:
         proxy.close()
         direct.dispose()
+
+
+def _lease_expiry(engine: Engine) -> datetime | None:
+    with engine.connect() as conn:
+        expiry: datetime | None = conn.scalar(select(leases.c.expires_at))
+        return expiry
 
 
 def _get(url: str) -> int | None:

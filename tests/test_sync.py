@@ -269,7 +269,7 @@ def test_content_hashes_change_nothing_in_the_archive(
 ) -> None:
     """Sessions told unchanged by their stored digest end up exactly as when every listed object
     is parsed and compared field by field (forced here by clearing the digests before each cycle)."""
-    from archiver.archive import migrate, sync
+    from archiver.archive import migrate, plan, sync
     from archiver.archive.store import make_engine
 
     parsed = 0
@@ -279,7 +279,8 @@ def test_content_hashes_change_nothing_in_the_archive(
         parsed += 1
         return parse_session(obj, **kwargs)
 
-    monkeypatch.setattr(sync, "parse_session", counting_parse)
+    monkeypatch.setattr(plan, "parse_session", counting_parse)  # listed objects
+    monkeypatch.setattr(sync, "parse_session", counting_parse)  # detail answers
 
     def polled(use_hashes: bool) -> tuple[dict[str, dict[str, Any]], list[list[dict[str, Any]]], int]:
         nonlocal parsed

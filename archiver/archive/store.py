@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from archiver.archive import sqlitefile
 from archiver.archive.models import ACTIVE, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+from archiver.archive.plan import Plan
 from archiver.archive.records import STATE_FIELDS
 from archiver.archive.storable import bounded_text, json_bytes
 from archiver.errors import ConfigError
@@ -326,6 +327,15 @@ def touch_seen_rehashed(conn: Connection, account_id: str, hashes: Mapping[str, 
     ]
     for batch in chunks(rows):
         conn.execute(_TOUCH_REHASHED, list(batch))
+
+
+def apply_plan(conn: Connection, plan: Plan, account_id: str, seen_at: datetime, run_id: int) -> None:
+    """Write a plan in the caller's transaction: one statement per kind of row (and per batch)."""
+    upsert(conn, sessions_table, plan.rows, SESSION_KEY)
+    insert_rows(conn, versions_table, plan.versions)
+    insert_rows(conn, rejects_table, plan.rejects)
+    touch_seen(conn, account_id, plan.unchanged, seen_at, run_id)
+    touch_seen_rehashed(conn, account_id, plan.rehashed, seen_at, run_id)
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

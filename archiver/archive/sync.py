@@ -27,9 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from archiver.api.cloudflare import AccountAPI, Listing, RequestStats
 from archiver.api.scheduler import Deadline, Priority
 from archiver.archive import lifecycle, store
+from archiver.archive import plan as plans
 from archiver.archive.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.archive.models import ACTIVE
-from archiver.archive.records import SessionRecord, listing_hash, parse_session, reject_body
+from archiver.archive.plan import Plan
+from archiver.archive.records import listing_hash, parse_session
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError, BadRecordError, DatabaseError, DeadlineReached, NoAnswer, RetriableError, first_line
 from archiver.service.locks import worker_id
@@ -205,31 +207,6 @@ async def run_cycle(
     """
     state = state if state is not None else AccountState(DetailLearner(options.detail_policy))
     return await _Cycle(api, engine, options, clock, fence, state, on_listed, give_up).run()
-
-
-@dataclass
-class _Writes:
-    """What one write of a cycle changes: whole rows and versions (of new, changed, vanished or
-    detailed sessions), rejects, and for a listing the ids of unchanged sessions and the new
-    digests of unchanged ones."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    rehashed: dict[str, str] = field(default_factory=dict)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, step: lifecycle.Transition) -> None:
-        if step.row is not None:
-            self.rows.append(step.row)
-        if step.version is not None:
-            self.versions.append(step.version)
-
-    def store_rows(self, conn: Connection) -> None:
-        """Write the rows, versions and rejects: one statement per kind."""
-        store.upsert(conn, store.sessions_table, self.rows, store.SESSION_KEY)
-        store.insert_rows(conn, store.versions_table, self.versions)
-        store.insert_rows(conn, store.rejects_table, self.rejects)
 
 
 class Ledger:
@@ -456,13 +433,11 @@ class _Cycle:
         keep_url_tokens = self.options.keep_url_tokens
         hashed = [(item, _listed_id(item), listing_hash(item, keep_url_tokens=keep_url_tokens)) for item in items]
         with self._transaction() as conn:
-            writes = self._diff_listed(conn, hashed, seen_at)
+            plan = self._plan_listed(conn, hashed, seen_at)
             if ended is not None:
-                self._end_listing(conn, ended, writes)
-            writes.store_rows(conn)  # the vanish pass's rows and versions included
-            taken_over = owed_more_urgently(claims, writes.rows)
-            store.touch_seen(conn, self.account_id, writes.unchanged, seen_at, self.ledger.run_id)
-            store.touch_seen_rehashed(conn, self.account_id, writes.rehashed, seen_at, self.ledger.run_id)
+                self._end_listing(conn, ended, plan)
+            store.apply_plan(conn, plan, self.account_id, seen_at, self.ledger.run_id)  # the vanish pass's included
+            taken_over = owed_more_urgently(claims, plan.rows)
             if ended is None or self.suspect:  # a suspect vanish waits for the confirming listing
                 return [], taken_over
             due = self._end_write(conn, claims.keys() - taken_over)
@@ -521,14 +496,13 @@ class _Cycle:
     def _write_confirmed(self, confirmed: Sequence[str], claims: Mapping[str, Claim]) -> tuple[list[dict[str, Any]], set[str]]:
         """Vanish the sessions the second listing confirmed gone (still active), then close the
         listing's writes as _write_listed does."""
-        writes = _Writes()
+        plan = Plan()
         with self._transaction() as conn:
-            for row in store.load_sessions(conn, self.account_id, confirmed).values():
-                if row["status"] == ACTIVE:
-                    writes.add(lifecycle.observe_vanished(row, at=self.suspect_at, run_id=self.ledger.run_id))
-                    self.ledger.counts["vanished"] += 1
-            writes.store_rows(conn)
-            taken_over = owed_more_urgently(claims, writes.rows)
+            rows = store.load_sessions(conn, self.account_id, confirmed).values()
+            plans.plan_vanished((row for row in rows if row["status"] == ACTIVE), self._context(), self.suspect_at, plan)
+            self.ledger.counts.update(plan.counts)
+            store.apply_plan(conn, plan, self.account_id, self.suspect_at, self.ledger.run_id)
+            taken_over = owed_more_urgently(claims, plan.rows)
             due = self._end_write(conn, claims.keys() - taken_over)
         return due, taken_over
 
@@ -542,44 +516,26 @@ class _Cycle:
         self.owed_elsewhere = len(elsewhere)
         return due
 
-    def _diff_listed(self, conn: Connection, hashed: Sequence[tuple[Any, str | None, str | None]], seen_at: datetime) -> _Writes:
-        """What listed objects change in the archive (nothing written yet)."""
+    def _context(self) -> plans.Context:
+        return plans.Context(self.account_id, self.ledger.run_id, self.options.keep_url_tokens, self.learner.wants_detail)
+
+    def _plan_listed(self, conn: Connection, hashed: Sequence[plans.Hashed], seen_at: datetime) -> Plan:
+        """What listed objects change in the archive (nothing written yet): see archive.plan."""
+        context, plan = self._context(), Plan()
         # Most listed sessions are as they were: those whose object has the digest stored with
         # them are told apart without parsing, on one narrow read.
-        stored_hashes = store.load_hashes(conn, self.account_id, [sid for _, sid, _ in hashed if sid is not None])
-        unchanged, parsed, rejects = self._sort_listed(hashed, stored_hashes, seen_at)
-        self.ledger.counts["listed"] += len(unchanged) + len(parsed)
-        # The rest are parsed and compared on a few columns (those stored at all: every stored
-        # session has an entry in stored_hashes); whole rows are read only for the sessions
-        # that did change.
+        stored_hashes = store.load_hashes(conn, self.account_id, plans.listed_ids(hashed))
+        parsed = plans.sort_listed(hashed, stored_hashes, self.seen, context, seen_at, plan)
+        # The rest are compared on a few columns (every stored session has an entry in
+        # stored_hashes); whole rows are read only for the sessions that did move.
         states = store.load_states(conn, self.account_id, [r.session_id for r, _ in parsed if r.session_id in stored_hashes])
-        writes = _Writes(unchanged=unchanged, rejects=rejects)
-        moved: list[tuple[SessionRecord, str | None]] = []
-        for record, digest in parsed:
-            state = states.get(record.session_id)
-            if state is None or not lifecycle.listed_unchanged(state, record):
-                moved.append((record, digest))
-            elif digest is not None and not record.problems:
-                writes.rehashed[record.session_id] = digest
-            else:
-                writes.unchanged.append(record.session_id)
-        self.ledger.counts["unchanged"] += len(writes.unchanged) + len(writes.rehashed)
+        moved = plans.split_moved(parsed, states, plan)
         known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
-        for record, digest in moved:
-            step = lifecycle.observe_listed(
-                known.get(record.session_id),
-                record,
-                account_id=self.account_id,
-                seen_at=seen_at,
-                run_id=self.ledger.run_id,
-                detail_wanted=self.learner.wants_detail(record.session_id),
-                content_hash=digest,
-            )
-            self.ledger.counts[step.kind] += 1
-            writes.add(step)
-        return writes
+        plans.plan_moved(moved, known, context, seen_at, plan)
+        self.ledger.counts.update(plan.counts)
+        return plan
 
-    def _end_listing(self, conn: Connection, ended: Listing, writes: _Writes) -> None:
+    def _end_listing(self, conn: Connection, ended: Listing, plan: Plan) -> None:
         """Whether the listing was complete; if it was, its active sessions that it no longer holds
         are vanished (read before this write's upsert: every session it touches was listed)."""
         self.ledger.listing_complete = ended.complete and not self.ledger.counts["unidentified"]
@@ -594,44 +550,11 @@ class _Cycle:
         if len(absent) >= MASS_VANISH_LEAST and len(absent) > active * MASS_VANISH_SHARE:
             self.suspect, self.suspect_at = absent, at  # for a second listing to confirm
             return
-        for row in store.load_sessions(conn, self.account_id, absent).values():
-            writes.add(lifecycle.observe_vanished(row, at=at, run_id=self.ledger.run_id))
-            self.ledger.counts["vanished"] += 1
-
-    def _sort_listed(
-        self,
-        hashed: Sequence[tuple[Any, str | None, str | None]],
-        stored_hashes: dict[str, str | None],
-        seen_at: datetime,
-    ) -> tuple[list[str], list[tuple[SessionRecord, str | None]], list[dict[str, Any]]]:
-        """The ids of sessions listed with their stored digest (unchanged), the other objects'
-        records with their digests, and the rejects. An id already seen in this listing
-        (overlapping pages, a list that shifted right) is skipped.
-        """
-        unchanged: list[str] = []
-        parsed: list[tuple[SessionRecord, str | None]] = []
-        rejects: list[dict[str, Any]] = []
-        for item, listed_id, digest in hashed:
-            if listed_id in self.seen:
-                continue
-            if listed_id is not None and digest is not None and stored_hashes.get(listed_id) == digest:
-                self.seen.add(listed_id)
-                unchanged.append(listed_id)
-                continue
-            try:
-                record = parse_session(item, keep_url_tokens=self.options.keep_url_tokens)
-            except BadRecordError as exc:
-                # We cannot tell whose record this was, so this listing cannot prove any absence.
-                self.ledger.counts["unidentified"] += 1
-                rejects.append(self._reject(Source.LIST, None, exc.reason, item, kept=False, at=seen_at))
-                continue
-            if record.session_id in self.seen:
-                continue
-            self.seen.add(record.session_id)
-            if record.problems:
-                rejects.append(self._reject(Source.LIST, record.session_id, "; ".join(record.problems), item, True, seen_at))
-            parsed.append((record, digest))
-        return unchanged, parsed, rejects
+        vanished = Plan()
+        plans.plan_vanished(store.load_sessions(conn, self.account_id, absent).values(), self._context(), at, vanished)
+        self.ledger.counts.update(vanished.counts)
+        plan.rows += vanished.rows
+        plan.versions += vanished.versions
 
     # -- details ------------------------------------------------------------------------------
 
@@ -744,7 +667,7 @@ class _Cycle:
         closing = owed_before is not None
         still_owed = 0
         at = self.clock()
-        writes = _Writes()
+        plan, context = Plan(), self._context()
         with self._transaction() as conn:
             # The next cycle of the account may have listed these sessions meanwhile (or marked
             # them vanished): each answer applies to the state as it is now.
@@ -756,21 +679,22 @@ class _Cycle:
                 if body is WAIVED:
                     step = lifecycle.observe_waived(now, run_id=self.ledger.run_id)
                 else:
-                    step = self._detail_step(known["detail_due"], now, body, at, writes.rejects, switches)
+                    step = self._detail_step(known["detail_due"], now, body, at, context, plan, switches)
                 self.ledger.counts[DETAIL_COUNTS.get(step.kind, "details_fetched")] += 1
                 if step.kind == "gone":
                     self.ledger.counts["gone"] += 1  # a session whose end the archive will never learn
                 still_owed += int((step.row or now)["detail_due"] is not None)
-                writes.add(step)
+                plan.add(step)
+            self.ledger.counts.update(plan.counts)
             if closing:
                 self.ledger.counts["details_carried"] = (owed_before or 0) + still_owed
-            writes.store_rows(conn)
+            store.apply_plan(conn, plan, self.account_id, at, self.ledger.run_id)
             if closing:
                 self.ledger.close_in(conn, self.ledger.outcome())
         return still_owed
 
-    def _detail_step(self, reason: str | None, known: dict[str, Any], body: Any, at: datetime,
-                     rejects: list[dict[str, Any]], switches: list[DetailMode]) -> lifecycle.Transition:
+    def _detail_step(self, reason: str | None, known: dict[str, Any], body: Any, at: datetime, context: plans.Context,
+                     plan: Plan, switches: list[DetailMode]) -> lifecycle.Transition:
         """What a detail answer (asked because of ``reason``) makes of the session's current row."""
         session_id = known["session_id"]
         if body is None:
@@ -780,10 +704,10 @@ class _Cycle:
             if record.session_id != session_id:
                 raise BadRecordError(f"asked for {session_id}, got {record.session_id}")
         except BadRecordError as exc:
-            rejects.append(self._reject(Source.DETAIL, session_id, exc.reason, body, False, at))
+            plan.reject(context, Source.DETAIL, session_id, exc.reason, body, kept=False, at=at)
             return lifecycle.observe_bad_detail(known, run_id=self.ledger.run_id)
         if record.problems:
-            rejects.append(self._reject(Source.DETAIL, session_id, "; ".join(record.problems), body, True, at))
+            plan.reject(context, Source.DETAIL, session_id, "; ".join(record.problems), body, kept=True, at=at)
         if reason in (Due.NEW, Due.CHANGED) and self.learner.observe(detail_adds(known, record)):
             switches.append(self.learner.mode)
         return lifecycle.observe_detail(known, record, at=at, run_id=self.ledger.run_id)
@@ -807,19 +731,6 @@ class _Cycle:
         message = f"detail fetch failed: {error}"
         if message not in self.ledger.errors and len(self.ledger.errors) < 5:
             self.ledger.errors.append(message)
-
-    def _reject(self, source: str, session_id: str | None, reason: str, body: Any, kept: bool, at: datetime) -> dict[str, Any]:
-        self.ledger.counts["rejected"] += 1
-        return {
-            "account_id": self.account_id,
-            "run_id": self.ledger.run_id,
-            "rejected_at": at,
-            "source": source,
-            "session_id": session_id,
-            "reason": reason,
-            "body": reject_body(body),
-            "kept": kept,
-        }
 
 
 def _listed_id(item: Any) -> str | None:
