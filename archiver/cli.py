@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -307,9 +308,27 @@ def _param_name(param: click.Parameter | None) -> str:
     return param.human_readable_name if param is not None else "time"
 
 
+class IdParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on, not before
+    """An account or session id as a user types it: trimmed and lower-cased (as the archive stores
+    them), and checked; a malformed one stops the command with one line (exit 2)."""
+
+    def __init__(self, name: str, pattern: str, what: str) -> None:
+        self.name = name
+        self.pattern = re.compile(pattern)
+        self.what = what
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if not self.pattern.fullmatch(text):
+            raise InputError(f"{_param_name(param)}: {str(value)!r} is not {self.what}")
+        return text
+
+
 TIME = TimeParam()
+ACCOUNT_ID = IdParam("account", r"[0-9a-f]{32}", "a Cloudflare account id (32 hex digits)")
+SESSION_ID = IdParam("session", r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "a session id (a UUID)")
 F = TypeVar("F", bound=Callable[..., Any])
-account_option = click.option("--account", help="Only this account (32 hex digits).")
+account_option = click.option("--account", type=ACCOUNT_ID, help="Only this account (32 hex digits).")
 since_option = click.option("--since", type=TIME, required=True,
                             help="Window start: ISO-8601 (UTC unless zoned) or an age such as 24h, 7d.")
 until_option = click.option("--until", type=TIME, default="now", show_default=True, help="Window end (exclusive), same forms as --since.")
@@ -394,7 +413,7 @@ def report_durations(app: App, since: datetime, until: datetime, account: str | 
 
 
 @report.command("session")
-@click.argument("session_id", metavar="ID")
+@click.argument("session_id", metavar="ID", type=SESSION_ID)
 @account_option
 @format_option()
 @pass_app

@@ -93,11 +93,15 @@ def test_reasons_durations_runs_and_session(archive_env: tuple[dict[str, str], P
         (["report", "reasons", "--since", "1h", "--until", "2h"], "error: the window is empty"),
         (["export", "--since", "2026-02-30"], "error: --since: '2026-02-30' is not a time"),
         (["prune", "--older-than", "soon"], "error: 'soon' is not an age"),
-        (["report", "session", "no-such-session"], "error: no session 'no-such-session' in the archive"),
+        (["report", "session", "00000000-0000-4000-8000-00000000abcd"],
+         "error: no session '00000000-0000-4000-8000-00000000abcd' in the archive"),
+        (["report", "session", "no-such-session"], "error: ID: 'no-such-session' is not a session id (a UUID)"),
+        (["report", "sessions", "--since", "1h", "--account", "acme"],
+         "error: --account: 'acme' is not a Cloudflare account id (32 hex digits)"),
         (["timeline", "--since", "1h", "-o", "/nonexistent/t.html"], "error: cannot write /nonexistent/t.html"),
     ],
     ids=["bad-time-argument", "bad-since", "empty-window", "impossible-date", "bad-age", "unknown-session",
-         "unwritable-output"],
+         "malformed-session-id", "malformed-account", "unwritable-output"],
 )
 def test_bad_input_exits_2_with_one_line(archive_env: tuple[dict[str, str], Path], args: list[str], message: str) -> None:
     env, cwd = archive_env
@@ -166,3 +170,15 @@ def test_export_timeline_and_prune(tmp_path: Path) -> None:
 def test_report_commands_have_help(tmp_path: Path, command: list[str]) -> None:
     result = run([*command, "--help"], {}, tmp_path)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_ids_are_taken_as_users_type_them(archive_env: tuple[dict[str, str], Path]) -> None:
+    """Upper case and stray spaces (a copy from a dashboard) find what the lower-case ids find."""
+    env, cwd = archive_env
+    window = ["--since", SINCE, "--until", UNTIL, "--format", "jsonl"]
+    typed = run(["report", "sessions", *window, "--account", f" {data.B.upper()} "], env, cwd)
+    exact = run(["report", "sessions", *window, "--account", data.B], env, cwd)
+    assert typed.returncode == 0 and typed.stdout == exact.stdout and typed.stdout
+    story = run(["report", "session", data.sid("gone").upper(), "--format", "json"], env, cwd)
+    assert story.returncode == 0, story.stderr
+    assert json.loads(story.stdout)[0]["session"]["session_id"] == data.sid("gone")

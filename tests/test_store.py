@@ -306,6 +306,28 @@ def test_bad_database_urls_are_config_errors(url: str, message: str) -> None:
     assert str(info.value).startswith("ARCHIVER_DATABASE_URL")
 
 
+@pytest.mark.parametrize(
+    ("pasted", "driver"),
+    [
+        ("postgres://u@db.example.com/archive", "postgresql+psycopg"),
+        ("postgresql://u@db.example.com/archive", "postgresql+psycopg"),
+        ("mysql://u@db.example.com/archive", "mysql+pymysql"),
+        ("mariadb://u@db.example.com/archive", "mariadb+pymysql"),
+        ("postgresql+psycopg://u@db.example.com/archive", "postgresql+psycopg"),
+    ],
+)
+def test_database_urls_as_users_paste_them_get_the_shipped_drivers(pasted: str, driver: str) -> None:
+    engine = store.make_engine(pasted)
+    assert engine.url.drivername == driver
+    engine.dispose()
+
+
+def test_a_driver_the_archiver_does_not_ship_gets_the_exact_fix() -> None:
+    with pytest.raises(ConfigError) as info:
+        store.make_engine("mysql+mysqldb://u@db.example.com/archive")
+    assert "use mysql+pymysql://" in str(info.value)
+
+
 ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])
 
 

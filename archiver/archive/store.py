@@ -30,6 +30,13 @@ runs_table: Table = SyncRun.__table__  # type: ignore[assignment]
 rejects_table: Table = RejectedRecord.__table__  # type: ignore[assignment]
 SESSION_KEY = ("account_id", "session_id")
 DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+# URLs as users paste them (Heroku-style postgres://, or no driver named) get the drivers the
+# archiver ships with (its postgres and mysql extras), rather than SQLAlchemy's defaults
+# (psycopg2, mysqlclient), which it does not install.
+SHIPPED_DRIVERS = {
+    "postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql",
+}
 # Database calls block the service's event loop: a server that does not answer must fail a cycle
 # within seconds rather than hang it, and a peer that vanished without closing the connection must
 # be noticed (TCP keepalives, PyMySQL's read timeout) rather than waited on forever. Every statement
@@ -143,6 +150,8 @@ def make_engine(url: str, *, read_only: bool = False, bounded: bool = False, **k
         raise ConfigError("ARCHIVER_DATABASE_URL is not a valid SQLAlchemy URL") from None
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"ARCHIVER_DATABASE_URL: port {port} is not between 1 and 65535")
+    if parsed.drivername in SHIPPED_DRIVERS:
+        parsed = parsed.set(drivername=SHIPPED_DRIVERS[parsed.drivername])
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = sqlitefile.archive_path(parsed)
@@ -157,7 +166,7 @@ def make_engine(url: str, *, read_only: bool = False, bounded: bool = False, **k
         defaults = SERVER_CONNECT_ARGS.get(backend, {})
         # Settings in the URL's query win over these defaults.
         kwargs.setdefault("connect_args", {k: v for k, v in defaults.items() if k not in parsed.query})
-        if backend == "mysql":
+        if backend in ("mysql", "mariadb"):
             # As PostgreSQL's default: InnoDB's REPEATABLE READ locks the gaps next to the rows a
             # transaction touches, so that one account's stalled write would hold up another
             # account's rows beside them in the index. Every cycle's write is fenced by its
@@ -168,7 +177,9 @@ def make_engine(url: str, *, read_only: bool = False, bounded: bool = False, **k
         engine = create_engine(parsed, **kwargs)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
         extra = DRIVER_EXTRAS.get(backend)
-        hint = f"; install it with pip install 'browser-session-archiver[{extra}]'" if extra else ""
+        shipped = SHIPPED_DRIVERS.get(backend)
+        hint = (f"; use {shipped}:// (pip install 'browser-session-archiver[{extra}]' installs its driver)"
+                if extra and shipped else "")
         raise ConfigError(f"ARCHIVER_DATABASE_URL: no database driver for {parsed.drivername}{hint}") from exc
     if backend == "sqlite" and not read_only:
         event.listen(engine, "connect", _sqlite_pragmas)
