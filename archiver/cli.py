@@ -325,6 +325,7 @@ class IdParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 
 
 
 TIME = TimeParam()
+PRUNE_SAFE_AGE = timedelta(days=1)
 ACCOUNT_ID = IdParam("account", r"[0-9a-f]{32}", "a Cloudflare account id (32 hex digits)")
 SESSION_ID = IdParam("session", r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "a session id (a UUID)")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -574,13 +575,21 @@ def timeline(app: App, since: datetime, until: datetime, account: str | None, ou
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=PRUNE_BATCH, show_default=True,
               help="Rows deleted per transaction.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--yes", is_flag=True, help=f"Delete even with a cutoff younger than {PRUNE_SAFE_AGE.days} day.")
 @pass_app
-def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: bool) -> int:
+def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: bool, yes: bool) -> int:
     """Delete old versions, ledger rows and rejected records (and, if asked, ended sessions) in batches."""
     from archiver.library import Archive
 
-    cutoff = app.now - timeparse.parse_age(age)
+    reach = timeparse.parse_age(age)
+    cutoff = app.now - reach
     with Archive(app.settings()) as archive:
+        if reach < PRUNE_SAFE_AGE and not (yes or dry_run):
+            # `6m` is six minutes, not six months: say what it would take, and take nothing.
+            counts = archive.prune(cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=True)
+            click.echo(f"would delete rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
+            click.echo(table(["rows", "would delete"], counts.items()))
+            raise InputError(f"--older-than {age} reaches back less than a day: nothing deleted; add --yes if that is meant")
         counts = archive.prune(cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")

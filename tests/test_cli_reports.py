@@ -152,6 +152,11 @@ def test_export_timeline_and_prune(tmp_path: Path) -> None:
     drawn = run(["timeline", "--since", "2026-11-20T09:00Z", "--until", "2026-11-20T15:00Z", "-o", str(tmp_path / "t.html")], env, tmp_path)
     assert drawn.returncode == 0 and "(12 sessions)" in drawn.stdout
     assert (tmp_path / "t.html").read_text().startswith("<!DOCTYPE html>")
+    # Minutes, where months were likely meant: refused, with what it would have deleted.
+    refused = run(["prune", "--older-than", "6m", "--include-sessions"], env, tmp_path)
+    assert refused.returncode == 2 and refused.stdout.splitlines()[-1].split() == ["sessions", "11"]
+    assert refused.stderr.strip() == ("error: --older-than 6m reaches back less than a day: nothing deleted; "
+                                      "add --yes if that is meant")
     dry = run(["prune", "--older-than", "1d", "--include-sessions", "--dry-run"], env, tmp_path)
     assert dry.returncode == 0 and "would delete" in dry.stdout
     assert dry.stdout.splitlines()[-1].split() == ["sessions", "11"]  # every ended session; never the active one
