@@ -166,7 +166,7 @@ def test_a_body_cut_short_or_garbage_is_retriable_and_the_connection_dropped() -
     async def go() -> None:
         async with serving(cut) as (server, url), client_of(url) as client:
             for path in ("/cut", "/garbage"):
-                with pytest.raises(RetriableError, match="talking to Cloudflare"):
+                with pytest.raises(RetriableError, match="cannot reach 127.0.0.1: the connection broke off"):
                     await client.get_json(path, None, STATS())
             assert await client.get_json("/fine", None, STATS()) == []
             assert server.connections == 3
@@ -184,8 +184,17 @@ def test_a_silent_server_and_a_refused_connection_are_no_answer() -> None:
             with pytest.raises(NoAnswer, match="within 0.2s"):
                 await client.get_json("/", None, STATS())
         async with client_of(url, timeout=1.0) as client:
-            with pytest.raises(NoAnswer, match="ConnectError"):
+            with pytest.raises(NoAnswer, match="cannot reach 127.0.0.1: connection refused"):
                 await client.get_json("/", None, STATS())  # the listener is closed now
+
+    asyncio.run(go())
+
+
+def test_a_name_that_does_not_resolve_is_named_with_the_reason() -> None:
+    async def go() -> None:
+        async with client_of("http://archiver-test.invalid", timeout=5.0) as client:
+            with pytest.raises(NoAnswer, match="cannot reach archiver-test.invalid: name resolution failed"):
+                await client.get_json("/", None, STATS())
 
     asyncio.run(go())
 

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import re
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncGenerator, Callable
@@ -305,7 +306,7 @@ class CloudflareClient:
                 # Verification is always on; a certificate it refuses will not improve on retry.
                 host = self._http.base_url.host
                 raise FatalError(f"TLS certificate of {host} refused: {refused.verify_message}") from exc
-            raise NoAnswer(f"{type(exc).__name__} talking to Cloudflare") from exc
+            raise NoAnswer(f"cannot reach {self._http.base_url.host}: {_network_reason(exc)}") from exc
         stats.count(answer.status)
         if answer.status == 200:
             data = self._decode(answer.body)
@@ -413,6 +414,28 @@ def _detail_doubt(data: dict[str, Any] | None, session_id: str) -> str | None:
     if not isinstance(answered, str) or answered.lower() != session_id.lower():
         return "Cloudflare answered with another session id"
     return None
+
+
+def _network_reason(exc: httpx.TransportError) -> str:
+    """What went wrong on the way, in a few words: name resolution, a refused connection, a
+    timeout, TLS, or the connection dropped; the system's own words where it gave some."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"name resolution failed ({cause.strerror or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.reason or cause})"
+        cause = cause.__cause__ or cause.__context__
+    kind = {
+        httpx.ConnectTimeout: "connecting timed out", httpx.ReadTimeout: "no answer in time",
+        httpx.WriteTimeout: "sending timed out", httpx.PoolTimeout: "no connection free in time",
+        httpx.RemoteProtocolError: "the connection broke off or the answer was not HTTP",
+    }.get(type(exc))
+    detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+    described = kind or type(exc).__name__
+    return f"{described} ({detail})" if detail and detail != described else described
 
 
 def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
