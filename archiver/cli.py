@@ -235,7 +235,10 @@ def emulator(port: int, accounts: int, sessions: int, seed: int, speed: float, s
         click.echo(f"  export CLOUDFLARE_ACCOUNT_ID={','.join(emu.account_ids)}")
         click.echo("Ground truth: GET /__emulator/truth   Stop: Ctrl-C")
 
-    serve_forever(emu, port, on_ready=announce)
+    try:
+        serve_forever(emu, port, on_ready=announce)
+    except OSError as exc:  # the port is taken
+        raise InputError(f"--port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     return 0
 
 

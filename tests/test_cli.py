@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -249,3 +250,22 @@ def test_sync_freezes_what_start_up_allocated(tmp_path: Path, served: tuple[Emul
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path, served: tuple[Emulator, Any]) -> None:
+    emulator, server = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        emulated = run(["emulator", "--port", str(port)], {}, tmp_path, timeout=30)
+        env = {"CLOUDFLARE_API_TOKEN": emulator.token, "CLOUDFLARE_ACCOUNT_ID": emulator.account_ids[0],
+               "CLOUDFLARE_BASE_URL": server.base_url, "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+               "ARCHIVER_METRICS_PORT": str(port)}
+        service = run(["run", "--auto-migrate"], env, tmp_path, timeout=60)
+    assert emulated.returncode == 2
+    assert emulated.stderr.strip().splitlines() == [f"error: --port {port}: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert service.returncode == 2
+    assert service.stderr.strip().splitlines()[-1] == (
+        f"error: ARCHIVER_METRICS_PORT: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in service.stderr

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from archiver.api.cloudflare import RequestStats
 from archiver.archive.sync import CycleResult
+from archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,10 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         handler = _handler_for(metrics)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            raise ConfigError(f"ARCHIVER_METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
