@@ -11,6 +11,7 @@ pay for SQLAlchemy, Alembic, httpx and pydantic.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import sys
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import click
 
 from archiver import __version__, timeparse
-from archiver.errors import ArchiverError, ConfigError, InputError
-from archiver.logs import configure_logging
+from archiver.errors import ArchiverError, ConfigError, InputError, first_line
+from archiver.logs import configure_logging, json_logging
 from archiver.render import FORMATS, STREAM_FORMATS, printable, table, write_document, write_rows
 from archiver.vocabulary import CYCLE_COUNTERS, EXPORT_TABLES, PRUNE_BATCH, STATUSES, Outcome
 
@@ -664,6 +665,21 @@ def _leave_hung_database_work(code: int) -> None:
         os._exit(code)
 
 
+def _report_fatal(exc: ArchiverError, code: int) -> None:
+    """The error that ends the command, and exit: one line on stderr; a JSON record in JSON logs
+    (asked for in the environment, when the command stopped before reading its settings)."""
+    if not json_logging() and os.environ.get("ARCHIVER_LOG_FORMAT", "").strip().lower() == "json":
+        configure_logging(fmt="json")
+    if json_logging():
+        cause = exc.__cause__
+        facts = {"kind": type(exc).__name__, "exit_code": code,
+                 "cause": f"{type(cause).__name__}: {first_line(cause)}" if cause is not None else None}
+        logging.getLogger("archiver").critical("%s", exc, extra={"facts": facts})
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point of the `archiver` console script."""
     try:
@@ -675,11 +691,9 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (ConfigError, InputError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _report_fatal(exc, 2)
     except ArchiverError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _report_fatal(exc, 1)
     except BrokenPipeError:
         # The reader of a report (`| head`) has gone: stop quietly, and keep Python from
         # complaining again when it flushes stdout at exit.

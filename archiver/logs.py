@@ -30,23 +30,39 @@ class SecretFilter(logging.Filter):
             message += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
             record.exc_text = None
-        for secret in self.secrets:
-            message = message.replace(secret, MASK)
-        record.msg = redact_text(message)
+        record.msg = self.mask(message)
         record.args = None
+        facts = getattr(record, "facts", None)
+        if isinstance(facts, dict):
+            record.facts = {k: self.mask(v) if isinstance(v, str) else v for k, v in facts.items()}
         return True
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return redact_text(text)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the record's facts (``extra=
+    {"facts": {...}}``: a cycle's figures, an error's kind and cause) as fields of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
+        document = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        facts = getattr(record, "facts", None)
+        if isinstance(facts, dict):
+            document.update({k: v for k, v in facts.items() if k not in document})
+        return json.dumps(document, default=str)
+
+
+def json_logging() -> bool:
+    """Whether log records go out as JSON (ARCHIVER_LOG_FORMAT=json)."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:

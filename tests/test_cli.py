@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -269,3 +270,23 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path, served: tuple[Emulat
     assert service.stderr.strip().splitlines()[-1] == (
         f"error: ARCHIVER_METRICS_PORT: cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in service.stderr
+
+
+def test_json_logs_carry_a_cycles_figures_and_a_fatal_errors_kind_as_fields(tmp_path: Path, served: tuple[Emulator, Any]) -> None:
+    emulator, server = served
+    env = {"CLOUDFLARE_API_TOKEN": emulator.token, "CLOUDFLARE_ACCOUNT_ID": emulator.account_ids[0],
+           "CLOUDFLARE_BASE_URL": server.base_url, "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+           "ARCHIVER_LOG_FORMAT": "json"}
+    synced = run(["sync", "--auto-migrate"], env, tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    records = [json.loads(line) for line in synced.stderr.splitlines()]
+    (cycle_record,) = [r for r in records if r.get("outcome")]
+    assert cycle_record["account"] == emulator.account_ids[0] and cycle_record["outcome"] == "ok"
+    assert cycle_record["listed"] == sum(t["accountId"] == emulator.account_ids[0] for t in emulator.truth())
+    assert cycle_record["requests"] >= 1
+    assert {"run_id", "new", "changed", "vanished", "details", "throttled", "duration_s"} <= cycle_record.keys()
+    failed = run(["status"], {**env, "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'typo.db'}"}, tmp_path)
+    assert failed.returncode == 1
+    (fatal,) = [json.loads(line) for line in failed.stderr.splitlines()]
+    assert fatal["level"] == "critical" and fatal["kind"] == "DatabaseNotReadyError" and fatal["exit_code"] == 1
+    assert "typo.db" in fatal["message"]

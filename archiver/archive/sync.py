@@ -740,12 +740,21 @@ def _listed_id(item: Any) -> str | None:
 
 
 def _log_result(result: CycleResult, stats: RequestStats) -> None:
-    counted = " ".join(f"{counter.word}={result.counts.get(counter.name, 0)}" for counter in CYCLE_COUNTERS)
+    """One line per cycle; in JSON logs its figures are fields of their own too."""
+    counted = {counter.word: result.counts.get(counter.name, 0) for counter in CYCLE_COUNTERS}
+    facts: dict[str, Any] = {
+        "account": result.account_id, "run_id": result.run_id, "outcome": str(result.outcome),
+        "complete": result.listing_complete, "pages": result.pages, **counted, "mode": result.detail_mode,
+        "requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
+        "duration_s": round(result.duration_seconds, 3), "error": result.error,
+    }
+    words = " ".join(f"{word}={value}" for word, value in counted.items())
     log.log(
         logging.WARNING if result.failed else logging.INFO,
         "cycle account=%s run=%d outcome=%s complete=%s pages=%d %s mode=%s requests=%d retries=%d throttled=%d "
         "duration=%.3fs%s",
-        result.account_id, result.run_id, result.outcome, result.listing_complete, result.pages, counted,
+        result.account_id, result.run_id, result.outcome, result.listing_complete, result.pages, words,
         result.detail_mode, stats.requests, stats.retries, stats.throttled, result.duration_seconds,
         f" error={result.error}" if result.error else "",
+        extra={"facts": facts},
     )
