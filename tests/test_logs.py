@@ -174,3 +174,12 @@ def test_configure_logging_masks_and_formats(capsys: pytest.CaptureFixture[str],
         assert json.loads(lines[0])["message"] == f"using {MASK}"
     else:
         assert lines[0].endswith(f"INFO archiver.archive.sync: using {MASK}")
+
+
+def test_facts_logged_as_fields_are_masked_too(capture: tuple[logging.Logger, io.StringIO, logging.Handler]) -> None:
+    logger, stream, handler = capture
+    handler.setFormatter(JsonFormatter())
+    logger.warning("cycle failed", extra={"facts": {"error": f"401 for token {TOKEN}", "listed": 3}})
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["error"] == f"401 for token {MASK}" and record["listed"] == 3
+    assert TOKEN not in stream.getvalue()
