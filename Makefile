@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/archiver demo
 
-# Four workers on any machine: most tests wait on sockets, subprocesses and databases, not on a core.
+# Four workers on any machine: most tests wait on sockets, subprocesses and databases, not on a
+# core. A file's tests stay on one worker, in order: the service and soak tests of one file never
+# compete with each other for the machine.
 test: check
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 # Style (ruff) and types (mypy --strict), as configured in pyproject.toml; part of `make test`.
 check: $(VENV)/.installed
