@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from archiver import __version__
 from archiver.archive.store import make_engine, runs_table
 from archiver.emulator import Emulator
 from tests.helpers import PollLog, archiver_environment, compare_with_truth
@@ -200,6 +202,9 @@ def test_metrics_and_healthz(tmp_path: Path, service_factory: Any) -> None:
         assert "archiver_cycle_duration_seconds_bucket" in metrics
         assert f'archiver_last_success_timestamp_seconds{{account="{account}"}}' in metrics
         assert "archiver_rate_limit_wait_seconds_total" in metrics
+        assert f'archiver_build_info{{python="{platform.python_version()}",version="{__version__}"}} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics and "python_info" in metrics
+        assert "_created" not in metrics
         emulator.set_faults(error_rate=1.0, error_statuses=(500,))
         deadline = time.monotonic() + 15
         while service.get("/healthz").status_code == 200 and time.monotonic() < deadline:

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from archiver import __version__
 from archiver.api.cloudflare import RequestStats
 from archiver.archive.sync import CycleResult
 from archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# The `_created` series of every counter and histogram only say when the process started, once per
+# label set: noise in every scrape and in the time series database.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 # A listing older than this many gaps makes a healthy service say it is slow.
@@ -64,6 +80,13 @@ class Metrics:
             "archiver_sessions_gone", "Sessions Cloudflare forgot before the archive learned their end.", ["account"], registry=r
         )
         r.register(_ListingAge(self))
+        # The standard process (CPU, memory, open files, start time) and Python metrics, and
+        # which build is running.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("archiver_build", "The running archiver.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
 
     def record_cycle(self, result: CycleResult, stats: RequestStats) -> None:
         self.cycles.labels(result.account_id, result.outcome).inc()
