@@ -290,3 +290,10 @@ def test_json_logs_carry_a_cycles_figures_and_a_fatal_errors_kind_as_fields(tmp_
     (fatal,) = [json.loads(line) for line in failed.stderr.splitlines()]
     assert fatal["level"] == "critical" and fatal["kind"] == "DatabaseNotReadyError" and fatal["exit_code"] == 1
     assert "typo.db" in fatal["message"]
+
+
+def test_shell_completion_completes_commands_quickly(tmp_path: Path) -> None:
+    """What the README's completion line sets up: the shell asks `archiver` itself, on every Tab."""
+    done = subprocess.run([str(Path(sys.executable).with_name("archiver"))], env={**os.environ, "_ARCHIVER_COMPLETE": "bash_complete",
+                          "COMP_WORDS": "archiver rep", "COMP_CWORD": "1"}, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["plain,report"], done.stdout + done.stderr
