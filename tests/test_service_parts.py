@@ -150,8 +150,8 @@ def test_a_cycle_stops_writing_once_another_worker_took_the_account(any_engine: 
 # -- metrics and health ------------------------------------------------------------------------
 
 
-def result(account: str, outcome: str) -> CycleResult:
-    return CycleResult(account, 1, outcome, outcome == "ok", {"listed": 3}, 0.25)
+def result(account: str, outcome: str, counts: dict[str, int] | None = None) -> CycleResult:
+    return CycleResult(account, 1, outcome, outcome == "ok", {"listed": 3, **(counts or {})}, 0.25)
 
 
 def test_metrics_count_cycles_requests_and_successes() -> None:
@@ -170,6 +170,10 @@ def test_metrics_count_cycles_requests_and_successes() -> None:
     assert "archiver_api_retries_total 2.0" in text and "archiver_api_throttled_total 1.0" in text
     assert "archiver_rate_limit_wait_seconds_total 1.5" in text
     assert metrics.last_success[A] == 1000.0  # the failure did not count as a success
+    metrics.record_cycle(result(A, "ok", counts={"closed:BrowserIdle": 2, "closed:NormalClosure": 1}), stats)
+    text = metrics.exposition().decode()
+    assert f'archiver_sessions_closed_total{{account="{A}",reason="BrowserIdle"}} 2.0' in text
+    assert f'archiver_sessions_closed_total{{account="{A}",reason="NormalClosure"}} 1.0' in text
 
 
 def test_metrics_say_how_far_the_archive_can_be_trusted() -> None:

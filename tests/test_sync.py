@@ -444,3 +444,18 @@ def test_late_details_of_one_cycle_apply_to_what_the_next_cycle_stored(backend: 
     assert (row["close_reason"], row["detail_due"]) == ("NormalClosure", None)
     assert [v["status"] for v in versions_of(engine, session_id)] == ["active", "vanished", "closed"]
     engine.dispose()
+
+
+def test_closes_are_counted_by_reason_once_each_as_their_reason_is_learned(engine: Engine) -> None:
+    """An eviction: every open session closes as SessionEvicted; the cycle that learns their ends
+    counts them under that name, and a later cycle that hears them again counts nothing."""
+    emulator = Emulator(accounts=1, initial_sessions=6, seed=21, speed=0.0, spawn_per_minute=0, mean_lifetime_s=1e9)
+    with emulator.serve(port=0) as server:
+        first = cycle(server, emulator, engine)
+        evicted = emulator.world(emulator.account_ids[0]).evict()
+        learned = cycle(server, emulator, engine)
+        again = cycle(server, emulator, engine)
+    assert not [k for k in first.counts if k.startswith("closed:")]
+    assert len(evicted) == 6 and learned.counts["closed:SessionEvicted"] == 6
+    assert [k for k in learned.counts if k.startswith("closed:")] == ["closed:SessionEvicted"]
+    assert not [k for k in again.counts if k.startswith("closed:")]

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from archiver.archive import lifecycle
+from archiver.archive import lifecycle, reasons
+from archiver.archive.models import CLOSED
 from archiver.archive.records import SessionRecord, parse_session, reject_body
 from archiver.errors import BadRecordError
 from archiver.vocabulary import Source
 
 Row = dict[str, Any]
+# The count of closes learned in a cycle, by the reason's documented name: "closed:BrowserIdle".
+CLOSED_PREFIX = "closed:"
 # A listed object, the id it is listed under (None if it gives no usable one) and its digest.
 Hashed = tuple[Any, str | None, str | None]
 Parsed = list[tuple[SessionRecord, str | None]]
@@ -42,9 +45,13 @@ class Plan:
     rejects: list[Row] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add(self, step: lifecycle.Transition) -> None:
+    def add(self, step: lifecycle.Transition, before: Row | None = None) -> None:
+        """A transition's row and version; a close whose reason is known for the first time
+        (``before``: the row as it was) is counted under the reason's documented name."""
         if step.row is not None:
             self.rows.append(step.row)
+            if _closed_with_reason(step.row) and not (before is not None and _closed_with_reason(before)):
+                self.counts[CLOSED_PREFIX + (reasons.name(step.row["close_reason"]) or "")] += 1
         if step.version is not None:
             self.versions.append(step.version)
 
@@ -124,7 +131,7 @@ def plan_moved(moved: Parsed, known: Mapping[str, Row], context: Context, seen_a
             detail_wanted=context.wants_detail(record.session_id), content_hash=digest,
         )
         plan.counts[step.kind] += 1
-        plan.add(step)
+        plan.add(step, known.get(record.session_id))
 
 
 def plan_vanished(rows: Iterable[Row], context: Context, at: datetime, plan: Plan) -> None:
@@ -132,6 +139,10 @@ def plan_vanished(rows: Iterable[Row], context: Context, at: datetime, plan: Pla
     for row in rows:
         plan.add(lifecycle.observe_vanished(row, at=at, run_id=context.run_id))
         plan.counts["vanished"] += 1
+
+
+def _closed_with_reason(row: Row) -> bool:
+    return bool(row["status"] == CLOSED and row["close_reason"] is not None)
 
 
 def listed_ids(hashed: Sequence[Hashed]) -> list[str]:

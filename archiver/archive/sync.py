@@ -684,7 +684,7 @@ class _Cycle:
                 if step.kind == "gone":
                     self.ledger.counts["gone"] += 1  # a session whose end the archive will never learn
                 still_owed += int((step.row or now)["detail_due"] is not None)
-                plan.add(step)
+                plan.add(step, now)
             self.ledger.counts.update(plan.counts)
             if closing:
                 self.ledger.counts["details_carried"] = (owed_before or 0) + still_owed

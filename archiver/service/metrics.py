@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from archiver import __version__
 from archiver.api.cloudflare import RequestStats
+from archiver.archive.plan import CLOSED_PREFIX
 from archiver.archive.sync import CycleResult
 from archiver.errors import ConfigError
 
@@ -76,6 +77,10 @@ class Metrics:
         self.backlog = Gauge(
             "archiver_detail_backlog", "Detail fetches still owed after the account's last cycle.", ["account"], registry=r
         )
+        self.closed = Counter(
+            "archiver_sessions_closed", "Closes the archive learned, by the reason's documented name.", ["account", "reason"],
+            registry=r,
+        )
         self.gone = Counter(
             "archiver_sessions_gone", "Sessions Cloudflare forgot before the archive learned their end.", ["account"], registry=r
         )
@@ -98,6 +103,9 @@ class Metrics:
         self.waited.inc(stats.waited_seconds)
         self.backlog.labels(result.account_id).set(result.counts.get("details_carried", 0))
         self.gone.labels(result.account_id).inc(result.counts.get("gone", 0))
+        for key, count in result.counts.items():
+            if key.startswith(CLOSED_PREFIX):
+                self.closed.labels(result.account_id, key.removeprefix(CLOSED_PREFIX)).inc(count)
 
     def record_listing(self, account: str, pages: int, complete: bool) -> None:
         """An account's listing is stored (``pages`` > 0, ``complete`` if it saw every page) or
