@@ -3,6 +3,7 @@ alert rules, as promtool checks them, against the metrics and close reasons that
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from archiver.api.cloudflare import RequestStats
-from archiver.archive import reasons
+from archiver.archive import migrate, reasons
+from archiver.archive.store import make_engine
 from archiver.archive.sync import CycleResult
 from archiver.service.metrics import Metrics
 
@@ -47,13 +50,19 @@ def test_the_alert_rules_pass_promtool() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_alert_rules_name_metrics_and_close_reasons_that_exist() -> None:
+def exported_metric_names() -> set[str]:
+    """The names of every series a service exports once it has run a cycle."""
     metrics = Metrics(["a" * 32])
     metrics.record_interval("a" * 32, 30.0)
     metrics.record_listing("a" * 32, 1, True)
     metrics.record_listing("a" * 32, 1, True)  # a second one: the gap between them
-    metrics.record_cycle(CycleResult("a" * 32, 1, "ok", True, {"closed:BrowserIdle": 1, "gone": 1}, 0.1), RequestStats())
-    exported = set(re.findall(r"^([a-z_]+)[{ ]", metrics.exposition().decode(), re.M))
+    counts = {"closed:BrowserIdle": 1, "gone": 1}
+    metrics.record_cycle(CycleResult("a" * 32, 1, "ok", True, counts, 0.1), RequestStats(requests=1, by_status={200: 1}))
+    return set(re.findall(r"^([a-z_]+)[{ ]", metrics.exposition().decode(), re.M))
+
+
+def test_the_alert_rules_name_metrics_and_close_reasons_that_exist() -> None:
+    exported = exported_metric_names()
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
     named = {name for rule in rules for name in re.findall(r"\b(archiver_[a-z_]+)", rule["expr"])}
     assert named and named <= exported, named - exported
@@ -61,3 +70,26 @@ def test_the_alert_rules_name_metrics_and_close_reasons_that_exist() -> None:
     reasons_named = {reason for alternatives in matched for reason in alternatives.split("|")}
     assert reasons_named and reasons_named <= {reason.name for reason in reasons.DOCUMENTED}
     assert reasons_named >= set(reasons.PLATFORM_NAMES) | {reasons.IDLE.name}
+
+
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "archiver.json"
+
+
+def test_the_dashboard_queries_metrics_that_exist_and_views_that_answer(postgres_url: str) -> None:
+    """Every Prometheus query names exported series; every SQL query runs on a migrated
+    PostgreSQL archive (Grafana's time filter stood in for by a true condition)."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    targets = [target for panel in panels for target in panel["targets"]]
+    exprs = [t["expr"] for t in targets if "expr" in t]
+    named = {name for expr in exprs for name in re.findall(r"\b(archiver_[a-z_]+)", expr)}
+    assert named and named <= exported_metric_names(), named - exported_metric_names()
+    statements = [re.sub(r"\$__timeFilter\([a-z_]+\)", "TRUE", t["rawSql"]) for t in targets if "rawSql" in t]
+    assert statements
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement)).all()
+    finally:
+        engine.dispose()
