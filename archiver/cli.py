@@ -105,11 +105,12 @@ def sync(app: App, auto_migrate: bool) -> int:
 
     settings = app.settings()
     settings.credentials(), settings.accounts()  # fail fast, before touching the database
-    _ensure_schema(app.engine(), auto_migrate)  # a migration may take its time; the cycles may not
+    if auto_migrate:
+        _ensure_schema(app.engine(), auto_migrate)  # a migration may take its time; the cycles may not
     archive = Archive(settings)
     archive.engine(bounded=True)
     _freeze_startup_objects()
-    results = archive.sync()
+    results = archive.sync()  # checks the schema first
     for result in results:
         click.echo(_describe_cycle(result))
     return 1 if any(r.failed for r in results) else 0

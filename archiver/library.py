@@ -64,11 +64,13 @@ class Archive:
 
     def sync(self) -> list[CycleResult]:
         """One poll cycle for every configured account (leases taken, ledger rows written)."""
+        from archiver.archive import migrate
         from archiver.service.runner import sync_accounts
 
         self.settings.credentials(), self.settings.accounts()  # fail fast, before the database
-        self.require_current()
-        return asyncio.run(sync_accounts(self.settings, self.engine(bounded=True)))
+        engine = self.engine(bounded=True)
+        migrate.require_current(engine)  # on the engine the cycles use: no connection of its own
+        return asyncio.run(sync_accounts(self.settings, engine))
 
     def sessions(self, since: datetime, until: datetime, *, account: str | None = None, reason: str | None = None,
                  status: str | None = None) -> Result:

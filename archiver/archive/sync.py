@@ -436,7 +436,7 @@ class _Cycle:
             plan = self._plan_listed(conn, hashed, seen_at)
             if ended is not None:
                 self._end_listing(conn, ended, plan)
-            store.apply_plan(conn, plan, self.account_id, seen_at, self.ledger.run_id)  # the vanish pass's included
+            self._apply(conn, plan, seen_at)  # the vanish pass's included
             taken_over = owed_more_urgently(claims, plan.rows)
             if ended is None or self.suspect:  # a suspect vanish waits for the confirming listing
                 return [], taken_over
@@ -500,8 +500,7 @@ class _Cycle:
         with self._transaction() as conn:
             rows = store.load_sessions(conn, self.account_id, confirmed).values()
             plans.plan_vanished((row for row in rows if row["status"] == ACTIVE), self._context(), self.suspect_at, plan)
-            self.ledger.counts.update(plan.counts)
-            store.apply_plan(conn, plan, self.account_id, self.suspect_at, self.ledger.run_id)
+            self._apply(conn, plan, self.suspect_at)
             taken_over = owed_more_urgently(claims, plan.rows)
             due = self._end_write(conn, claims.keys() - taken_over)
         return due, taken_over
@@ -515,6 +514,11 @@ class _Cycle:
         self.read_all_due = len(due) < budget
         self.owed_elsewhere = len(elsewhere)
         return due
+
+    def _apply(self, conn: Connection, plan: Plan, at: datetime) -> None:
+        """Write a plan, and count what it counted into the ledger."""
+        store.apply_plan(conn, plan, self.account_id, at, self.ledger.run_id)
+        self.ledger.counts.update(plan.counts)
 
     def _context(self) -> plans.Context:
         return plans.Context(self.account_id, self.ledger.run_id, self.options.keep_url_tokens, self.learner.wants_detail)
@@ -532,17 +536,17 @@ class _Cycle:
         moved = plans.split_moved(parsed, states, plan)
         known = store.load_sessions(conn, self.account_id, [r.session_id for r, _ in moved if r.session_id in states])
         plans.plan_moved(moved, known, context, seen_at, plan)
-        self.ledger.counts.update(plan.counts)
         return plan
 
     def _end_listing(self, conn: Connection, ended: Listing, plan: Plan) -> None:
         """Whether the listing was complete; if it was, its active sessions that it no longer holds
         are vanished (read before this write's upsert: every session it touches was listed)."""
-        self.ledger.listing_complete = ended.complete and not self.ledger.counts["unidentified"]
+        unidentified = self.ledger.counts["unidentified"] + plan.counts["unidentified"]  # earlier writes', and this one's
+        self.ledger.listing_complete = ended.complete and not unidentified
         if ended.problem:
             self.ledger.errors.append(f"listing incomplete: {ended.problem}")
-        elif ended.complete and self.ledger.counts["unidentified"]:
-            self.ledger.errors.append(f"listing incomplete: {self.ledger.counts['unidentified']} item(s) without a usable sessionId")
+        elif ended.complete and unidentified:
+            self.ledger.errors.append(f"listing incomplete: {unidentified} item(s) without a usable sessionId")
         if not self.ledger.listing_complete:
             return
         at = self.clock()
@@ -550,11 +554,7 @@ class _Cycle:
         if len(absent) >= MASS_VANISH_LEAST and len(absent) > active * MASS_VANISH_SHARE:
             self.suspect, self.suspect_at = absent, at  # for a second listing to confirm
             return
-        vanished = Plan()
-        plans.plan_vanished(store.load_sessions(conn, self.account_id, absent).values(), self._context(), at, vanished)
-        self.ledger.counts.update(vanished.counts)
-        plan.rows += vanished.rows
-        plan.versions += vanished.versions
+        plans.plan_vanished(store.load_sessions(conn, self.account_id, absent).values(), self._context(), at, plan)
 
     # -- details ------------------------------------------------------------------------------
 
@@ -685,10 +685,9 @@ class _Cycle:
                     self.ledger.counts["gone"] += 1  # a session whose end the archive will never learn
                 still_owed += int((step.row or now)["detail_due"] is not None)
                 plan.add(step, now)
-            self.ledger.counts.update(plan.counts)
             if closing:
                 self.ledger.counts["details_carried"] = (owed_before or 0) + still_owed
-            store.apply_plan(conn, plan, self.account_id, at, self.ledger.run_id)
+            self._apply(conn, plan, at)
             if closing:
                 self.ledger.close_in(conn, self.ledger.outcome())
         return still_owed
