@@ -34,7 +34,13 @@ def archive_path(url: URL) -> str | None:
 
 def create_private(path: str) -> None:
     """Create the archive file, if it does not exist, readable by its owner only whatever the
-    umask: it holds DevTools URLs and close reasons. SQLite gives its journals the same mode."""
+    umask: it holds DevTools URLs and close reasons. SQLite gives its journals the same mode.
+
+    An existing file is not opened at all: closing any descriptor of a database file drops every
+    POSIX lock this process holds on it, those of its open SQLite connections included (SQLite's
+    documented pitfall), and a second engine made beside a first lost committed WAL pages so."""
+    if os.path.exists(path):
+        return
     try:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     except OSError as exc:
