@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from archiver import reports
 from archiver.archive import migrate
-from archiver.archive.store import make_engine, sessions_table
+from archiver.archive.models import sessions_table
+from archiver.archive.store import make_engine
 from archiver.archive.sync import CycleResult
 from archiver.config import settings_from
 from archiver.emulator import Emulator

@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from archiver.archive.models import Base
+from archiver.archive.models import metadata
 from archiver.archive.store import make_engine
 from archiver.config import load_settings
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def database_url() -> str:

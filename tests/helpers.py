@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
 from archiver.api.cloudflare import CloudflareClient, RequestStats
+from archiver.archive.models import runs_table, sessions_table, versions_table
 from archiver.archive.records import ms_to_datetime
-from archiver.archive.store import runs_table, sessions_table, versions_table
 from archiver.archive.sync import CycleOptions, CycleResult, run_cycle
 from archiver.config import Credentials
 

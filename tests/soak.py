@@ -27,9 +27,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from archiver.archive.models import Base
+from archiver.archive.models import metadata, runs_table, sessions_table, versions_table
 from archiver.archive.records import ms_to_datetime
-from archiver.archive.store import make_engine, runs_table, sessions_table, versions_table
+from archiver.archive.store import make_engine
 from archiver.emulator import Emulator, Faults
 from archiver.emulator.app import ServedPage
 
@@ -612,7 +612,7 @@ def text_of_every_column(engine: Engine) -> str:
     """Every value of every archiver table, as text, for secret scans."""
     parts: list[str] = []
     with engine.connect() as conn:
-        for table in Base.metadata.sorted_tables:
+        for table in metadata.sorted_tables:
             for row in conn.execute(select(table)):
                 parts.extend(str(value) for value in row)
     return "\n".join(parts)

@@ -28,10 +28,11 @@ from sqlalchemy import Engine, column, select, table
 from archiver.api import cloudflare
 from archiver.api.cloudflare import RequestStats
 from archiver.archive import migrate
+from archiver.archive.models import rejects_table
 from archiver.archive.records import parse_session, reject_body
 from archiver.archive.redact import redact_text, redact_url
 from archiver.archive.storable import DEPTH_MARKER, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES
-from archiver.archive.store import make_engine, rejects_table
+from archiver.archive.store import make_engine
 from archiver.config import load_settings
 from archiver.emulator import Emulator
 from archiver.emulator.server import Reply

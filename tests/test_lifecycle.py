@@ -22,7 +22,7 @@ from archiver.archive.lifecycle import (
     observe_vanished,
     observe_waived,
 )
-from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED, BrowserSession, SessionVersion
+from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED, sessions_table, versions_table
 from archiver.archive.records import STATE_FIELDS, URL_FIELDS, SessionRecord, lifecycle_changed, merge_state, ms_to_datetime, parse_session
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -31,8 +31,8 @@ START_MS = 1_700_000_000_000
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(seconds=30)
 T2 = T0 + timedelta(seconds=60)
-SESSION_COLUMNS = {c.name for c in BrowserSession.__table__.columns}
-VERSION_COLUMNS = {c.name for c in SessionVersion.__table__.columns} - {"id"}
+SESSION_COLUMNS = {c.name for c in sessions_table.columns}
+VERSION_COLUMNS = {c.name for c in versions_table.columns} - {"id"}
 
 OPEN = {
     "startTime": START_MS,

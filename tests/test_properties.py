@@ -20,9 +20,9 @@ from sqlalchemy import Engine, select
 
 from archiver.archive import migrate
 from archiver.archive.lifecycle import MAX_DETAIL_ATTEMPTS, observe_listed
-from archiver.archive.models import CLOSED, GONE, VANISHED
+from archiver.archive.models import CLOSED, GONE, VANISHED, sessions_table, versions_table
 from archiver.archive.records import EPOCH, MAX_MS, MIN_MS, ms_to_datetime, parse_session
-from archiver.archive.store import SESSION_KEY, make_engine, sessions_table, upsert, versions_table
+from archiver.archive.store import SESSION_KEY, make_engine, upsert
 from archiver.emulator import CLOSE_REASONS, Emulator
 from archiver.errors import BadRecordError
 from tests.helpers import archived, cycle

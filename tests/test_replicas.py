@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from archiver.archive import migrate
-from archiver.archive.store import make_engine, runs_table
+from archiver.archive.models import runs_table
+from archiver.archive.store import make_engine
 from archiver.emulator import Emulator
 from archiver.service.locks import leases
 from tests.helpers import PollLog, compare_with_truth

@@ -25,7 +25,8 @@ from sqlalchemy.engine import make_url
 
 from archiver.api.cloudflare import RequestStats, client_from_settings
 from archiver.archive import migrate
-from archiver.archive.store import make_engine, runs_table
+from archiver.archive.models import runs_table
+from archiver.archive.store import make_engine
 from archiver.archive.sync import utcnow
 from archiver.config import Settings, settings_from
 from archiver.emulator import Emulator, Faults

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from archiver import __version__
-from archiver.archive.store import make_engine, runs_table
+from archiver.archive.models import runs_table
+from archiver.archive.store import make_engine
 from archiver.emulator import Emulator
 from tests.helpers import PollLog, archiver_environment, compare_with_truth
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, Engine, select
 
 from archiver.api.cloudflare import RequestStats
-from archiver.archive.store import runs_table
+from archiver.archive.models import runs_table
 from archiver.archive.sync import CycleOptions, CycleResult, run_cycle, utcnow
 from archiver.emulator import Emulator
 from archiver.errors import LeaseLostError

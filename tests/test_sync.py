@@ -15,8 +15,9 @@ from sqlalchemy import Engine, func, select, update
 from archiver.api.cloudflare import RequestStats
 from archiver.archive import migrate
 from archiver.archive.detailmode import DetailLearner
+from archiver.archive.models import rejects_table, runs_table, sessions_table, versions_table
 from archiver.archive.records import parse_session
-from archiver.archive.store import make_engine, rejects_table, runs_table, sessions_table, versions_table
+from archiver.archive.store import make_engine
 from archiver.archive.sync import AccountState, CycleOptions, run_cycle
 from archiver.config import Credentials
 from archiver.emulator import Emulator

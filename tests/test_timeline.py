@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from archiver.archive.store import sessions_table
+from archiver.archive.models import sessions_table
 from archiver.reports import Window
 from archiver.reports.timeline import build_timeline, load_spans, script_json
 from tests import archive_data as data

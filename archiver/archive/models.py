@@ -1,4 +1,8 @@
-"""The archive's tables (SQLAlchemy 2.0 declarative). Every timestamp is timezone-aware UTC."""
+"""The archive's tables (SQLAlchemy Core). Every timestamp is timezone-aware UTC.
+
+Core tables rather than ORM classes: nothing maps rows to objects (the archive reads and writes
+rows in bulk), and the ORM would be a sixth of `archiver sync`'s start-up. The dialect-specific
+types are resolved when a dialect asks, so a command imports only its own database's dialect."""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, Integer, MetaData, String, Text
-from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Dialect, Double, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from archiver.vocabulary import Status
@@ -41,7 +43,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -88,160 +92,152 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class JsonDocument(TypeDecorator[Any]):
+    """JSON, as JSONB on PostgreSQL."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-JsonDoc = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JsonDoc}
+def _when(name: str, *, nullable: bool = True) -> Column[datetime]:
+    return Column(name, UTCDateTime(), nullable=nullable)
 
 
-class SessionFields:
+def _count(name: str) -> Column[int]:
+    return Column(name, Integer, nullable=False, default=0)
+
+
+def _session_fields() -> list[Column[Any]]:
     """The upstream fields of a session, shared by the latest state and its versions."""
+    return [
+        _when("start_time"),
+        _when("end_time"),
+        _when("connection_start_time"),
+        _when("connection_end_time"),
+        _when("last_updated"),
+        Column("connection_id", String(128)),
+        Column("close_reason", String(64)),
+        Column("close_reason_text", String(1024)),
+        Column("devtools_frontend_url", Text),
+        Column("web_socket_debugger_url", Text),
+        Column("raw", JsonDocument()),
+    ]
 
-    start_time: Mapped[datetime | None]
-    end_time: Mapped[datetime | None]
-    connection_start_time: Mapped[datetime | None]
-    connection_end_time: Mapped[datetime | None]
-    last_updated: Mapped[datetime | None]
-    connection_id: Mapped[str | None] = mapped_column(String(128))
-    close_reason: Mapped[str | None] = mapped_column(String(64))
-    close_reason_text: Mapped[str | None] = mapped_column(String(1024))
-    devtools_frontend_url: Mapped[str | None] = mapped_column(Text)
-    web_socket_debugger_url: Mapped[str | None] = mapped_column(Text)
-    raw: Mapped[dict[str, Any] | None]
 
-
-class BrowserSession(SessionFields, Base):
-    """The latest known state of every session, plus what the archiver observed of it."""
-
-    __tablename__ = "browser_sessions"
-
-    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))
-    first_seen_at: Mapped[datetime]
-    last_seen_at: Mapped[datetime]
-    last_detail_at: Mapped[datetime | None]
-    vanished_at: Mapped[datetime | None]
-    gone_at: Mapped[datetime | None]
+# The latest known state of every session, plus what the archiver observed of it.
+sessions_table = Table(
+    "browser_sessions", metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("session_id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),
+    _when("first_seen_at", nullable=False),
+    _when("last_seen_at", nullable=False),
+    _when("last_detail_at"),
+    _when("vanished_at"),
+    _when("gone_at"),
     # Why a detail fetch is owed (vanished > closing > changed > new); what the budget leaves is carried over.
-    detail_due: Mapped[str | None] = mapped_column(String(16))
-    detail_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    Column("detail_due", String(16)),
+    _count("detail_attempts"),
+    Column("last_run_id", BigInteger),
     # records.listing_hash of the listed object the stored state reflects; None once anything
     # else (a detail, the vanish pass) has moved the state on. A listed object with this digest
     # is known unchanged without being parsed.
-    content_hash: Mapped[str | None] = mapped_column(String(32))
+    Column("content_hash", String(32)),
+    *_session_fields(),
+    # The cycle only ever reads an account's active or owed sessions: flat as the archive grows.
+    Index("ix_browser_sessions_account_status", "account_id", "status"),
+    Index("ix_browser_sessions_account_detail_due", "account_id", "detail_due"),
+    Index("ix_browser_sessions_start_time", "start_time"),
+    # Reports over a window or a moment, in one index: "ended after T and started before it"
+    # (end_time, then start_time read from the index, not the rows), and the sessions whose end
+    # is unknown by when they vanished (end_time IS NULL, then a range on vanished_at).
+    Index("ix_browser_sessions_end_time", "end_time", "vanished_at", "start_time"),
+    # `archiver report session ID` without an account.
+    Index("ix_browser_sessions_session_id", "session_id"),
+)
 
-    __table_args__ = (
-        # The cycle only ever reads an account's active or owed sessions: flat as the archive grows.
-        Index("ix_browser_sessions_account_status", "account_id", "status"),
-        Index("ix_browser_sessions_account_detail_due", "account_id", "detail_due"),
-        Index("ix_browser_sessions_start_time", "start_time"),
-        # Reports over a window or a moment, in one index: "ended after T and started before it"
-        # (end_time, then start_time read from the index, not the rows), and the sessions whose end
-        # is unknown by when they vanished (end_time IS NULL, then a range on vanished_at).
-        Index("ix_browser_sessions_end_time", "end_time", "vanished_at", "start_time"),
-        # `archiver report session ID` without an account.
-        Index("ix_browser_sessions_session_id", "session_id"),
-    )
+# Append-only history: one row each time a session's lifecycle facts or status changed.
+versions_table = Table(
+    "browser_session_versions", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("session_id", String(36), nullable=False),
+    Column("run_id", BigInteger),
+    _when("observed_at", nullable=False),
+    Column("source", String(8), nullable=False),  # list | detail | archiver
+    Column("status", String(16), nullable=False),
+    *_session_fields(),
+    Index("ix_browser_session_versions_session", "account_id", "session_id", "observed_at"),
+    Index("ix_browser_session_versions_observed_at", "observed_at"),
+)
 
-
-class SessionVersion(SessionFields, Base):
-    """Append-only history: one row each time a session's lifecycle facts or status changed."""
-
-    __tablename__ = "browser_session_versions"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str] = mapped_column(String(32))
-    session_id: Mapped[str] = mapped_column(String(36))
-    run_id: Mapped[int | None] = mapped_column(BigInteger)
-    observed_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(8))  # list | detail | archiver
-    status: Mapped[str] = mapped_column(String(16))
-
-    __table_args__ = (
-        Index("ix_browser_session_versions_session", "account_id", "session_id", "observed_at"),
-        Index("ix_browser_session_versions_observed_at", "observed_at"),
-    )
-
-
-class SyncRun(Base):
-    """The ledger: one row per poll of one account."""
-
-    __tablename__ = "sync_runs"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str] = mapped_column(String(32))
-    worker: Mapped[str] = mapped_column(String(128))
-    started_at: Mapped[datetime]
-    finished_at: Mapped[datetime | None]
-    outcome: Mapped[str] = mapped_column(String(16))  # running | ok | partial | failed | aborted
-    listing_complete: Mapped[bool] = mapped_column(default=False)
-    pages: Mapped[int] = mapped_column(default=0)
-    listed: Mapped[int] = mapped_column(default=0)
-    new: Mapped[int] = mapped_column(default=0)
-    changed: Mapped[int] = mapped_column(default=0)
-    vanished: Mapped[int] = mapped_column(default=0)
-    reappeared: Mapped[int] = mapped_column(default=0)
-    details_fetched: Mapped[int] = mapped_column(default=0)
-    details_gone: Mapped[int] = mapped_column(default=0)
-    details_failed: Mapped[int] = mapped_column(default=0)
-    details_carried: Mapped[int] = mapped_column(default=0)
-    rejected: Mapped[int] = mapped_column(default=0)
-    api_requests: Mapped[int] = mapped_column(default=0)
-    retries: Mapped[int] = mapped_column(default=0)
-    throttled: Mapped[int] = mapped_column(default=0)
-    waited_seconds: Mapped[float] = mapped_column(default=0.0)
+# The ledger: one row per poll of one account.
+runs_table = Table(
+    "sync_runs", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("worker", String(128), nullable=False),
+    _when("started_at", nullable=False),
+    _when("finished_at"),
+    Column("outcome", String(16), nullable=False),  # running | ok | partial | failed | aborted
+    Column("listing_complete", Boolean, nullable=False, default=False),
+    *(_count(name) for name in (
+        "pages", "listed", "new", "changed", "vanished", "reappeared", "details_fetched", "details_gone",
+        "details_failed", "details_carried", "rejected", "api_requests", "retries", "throttled",
+    )),
+    Column("waited_seconds", Double, nullable=False, default=0.0),
     # When the cycle's listing was stored (its details may have come in later).
-    listed_at: Mapped[datetime | None]
+    _when("listed_at"),
     # Seconds every request of the cycle was held back by Cloudflare's 429s (part of waited_seconds).
-    throttled_seconds: Mapped[float] = mapped_column(default=0.0)
+    Column("throttled_seconds", Double, nullable=False, default=0.0),
     # Whether details of new and changed sessions were fetched ("details") or the listing was
     # trusted ("listing"); see ARCHIVER_DETAIL_POLICY.
-    detail_mode: Mapped[str | None] = mapped_column(String(16))
+    Column("detail_mode", String(16)),
     # Details in a row, up to the cycle's end, that added nothing to the listing: what the auto
     # policy has learned so far, so that a one-shot sync goes on where the last one stopped.
-    detail_quiet: Mapped[int | None]
-    error: Mapped[str | None] = mapped_column(Text)
+    Column("detail_quiet", Integer),
+    Column("error", Text),
+    Index("ix_sync_runs_account_started", "account_id", "started_at"),
+    # Finding a dead worker's 'running' rows must not scan a ledger that grows every cycle.
+    Index("ix_sync_runs_account_outcome", "account_id", "outcome"),
+    # The ledger report and retention read cycles by time across accounts.
+    Index("ix_sync_runs_started_at", "started_at"),
+)
 
-    __table_args__ = (
-        Index("ix_sync_runs_account_started", "account_id", "started_at"),
-        # Finding a dead worker's 'running' rows must not scan a ledger that grows every cycle.
-        Index("ix_sync_runs_account_outcome", "account_id", "outcome"),
-        # The ledger report and retention read cycles by time across accounts.
-        Index("ix_sync_runs_started_at", "started_at"),
-    )
+# Which worker polls an account: a lease that lapses if its holder dies.
+leases_table = Table(
+    "account_leases", metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    _when("acquired_at", nullable=False),
+    _when("expires_at", nullable=False),
+)
 
-
-class AccountLease(Base):
-    """Which worker polls an account: a lease that lapses if its holder dies."""
-
-    __tablename__ = "account_leases"
-
-    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    acquired_at: Mapped[datetime]
-    expires_at: Mapped[datetime]
-
-
-class RejectedRecord(Base):
-    """Upstream objects that could not be used as they were, with the reason and the body."""
-
-    __tablename__ = "rejected_records"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str] = mapped_column(String(32))
-    run_id: Mapped[int | None] = mapped_column(BigInteger)
-    rejected_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(8))  # list | detail
-    session_id: Mapped[str | None] = mapped_column(String(36))
-    reason: Mapped[str] = mapped_column(Text)
-    body: Mapped[str] = mapped_column(Text)
+# Upstream objects that could not be used as they were, with the reason and the body.
+rejects_table = Table(
+    "rejected_records", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("run_id", BigInteger),
+    _when("rejected_at", nullable=False),
+    Column("source", String(8), nullable=False),  # list | detail
+    Column("session_id", String(36)),
+    Column("reason", Text, nullable=False),
+    Column("body", Text, nullable=False),
     # True when only some fields were bad and the session itself was still archived.
-    kept: Mapped[bool] = mapped_column(default=False)
-
-    __table_args__ = (Index("ix_rejected_records_rejected_at", "rejected_at"),)
+    Column("kept", Boolean, nullable=False, default=False),
+    Index("ix_rejected_records_rejected_at", "rejected_at"),
+)

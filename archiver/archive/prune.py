@@ -17,8 +17,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, func, or_, select
 
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import rejects_table, runs_table, sessions_table, versions_table
+from archiver.archive.models import ACTIVE, rejects_table, runs_table, sessions_table, versions_table
 from archiver.errors import InputError
 from archiver.vocabulary import PRUNE_BATCH
 

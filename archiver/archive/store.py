@@ -11,12 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, Table, and_, bindparam, case, create_engine, event, func, select, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from archiver.archive import sqlitefile
-from archiver.archive.models import ACTIVE, BrowserSession, RejectedRecord, SessionVersion, SyncRun
+from archiver.archive.models import ACTIVE, rejects_table, runs_table, sessions_table, versions_table
 from archiver.archive.plan import Plan
 from archiver.archive.records import STATE_FIELDS
 from archiver.archive.storable import bounded_text, json_bytes
@@ -24,10 +23,6 @@ from archiver.errors import ConfigError
 from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, Outcome
 
 BATCH_SIZE = 500
-sessions_table: Table = BrowserSession.__table__  # type: ignore[assignment]
-versions_table: Table = SessionVersion.__table__  # type: ignore[assignment]
-runs_table: Table = SyncRun.__table__  # type: ignore[assignment]
-rejects_table: Table = RejectedRecord.__table__  # type: ignore[assignment]
 SESSION_KEY = ("account_id", "session_id")
 DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 # URLs as users paste them (Heroku-style postgres://, or no driver named) get the drivers the
@@ -228,12 +223,22 @@ def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], ke
 
 @functools.lru_cache(maxsize=32)
 def _upsert_statement(dialect: str, table: Table, columns: tuple[str, ...], key: tuple[str, ...]) -> Executable:
+    # Each dialect's insert is imported here: a process loads its own database's dialect only.
     if dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects import mysql
+
         my = mysql.insert(table)
         return my.on_duplicate_key_update({c: my.inserted[c] for c in columns})
-    if dialect in ("postgresql", "sqlite"):
-        native = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        return native.on_conflict_do_update(index_elements=list(key), set_={c: native.excluded[c] for c in columns})
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        pg = postgresql.insert(table)
+        return pg.on_conflict_do_update(index_elements=list(key), set_={c: pg.excluded[c] for c in columns})
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(index_elements=list(key), set_={c: lite.excluded[c] for c in columns})
     raise ConfigError(f"ARCHIVER_DATABASE_URL: the {dialect} database is not supported")
 
 

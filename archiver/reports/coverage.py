@@ -25,8 +25,7 @@ from itertools import pairwise
 
 from sqlalchemy import Connection, Executable, select
 
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import runs_table, sessions_table
+from archiver.archive.models import ACTIVE, runs_table, sessions_table
 from archiver.reports.periods import edges, until_now
 from archiver.reports.result import Result, result
 from archiver.reports.window import Window

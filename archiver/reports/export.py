@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Table, select
 
-from archiver.archive.store import runs_table, sessions_table, versions_table
+from archiver.archive.models import runs_table, sessions_table, versions_table
 from archiver.errors import InputError
 from archiver.reports.window import Window, effective_start, started_or_ended_in
 from archiver.vocabulary import EXPORT_TABLES

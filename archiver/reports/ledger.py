@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, case, func, select
 
-from archiver.archive.store import runs_table
+from archiver.archive.models import runs_table
 from archiver.reports.result import Result, result
 
 r = runs_table.c

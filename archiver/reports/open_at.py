@@ -18,8 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, union_all
 
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import sessions_table
+from archiver.archive.models import ACTIVE, sessions_table
 from archiver.render import cell
 from archiver.reports.result import Result, result
 from archiver.reports.window import SESSION_COLUMNS, account_filter, session_select, still_open_after, where_all

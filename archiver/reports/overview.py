@@ -7,8 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, desc, func, select
 
 from archiver.archive import reasons
-from archiver.archive.models import CLOSED
-from archiver.archive.store import runs_table, sessions_table
+from archiver.archive.models import CLOSED, runs_table, sessions_table
 from archiver.reports.stats import by_reason_name
 
 s = sessions_table.c

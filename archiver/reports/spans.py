@@ -36,8 +36,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from archiver.archive import reasons
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import sessions_table
+from archiver.archive.models import ACTIVE, sessions_table
 from archiver.reports.sqltime import epoch_ms
 from archiver.reports.window import Window, open_during
 

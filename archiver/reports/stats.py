@@ -18,8 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
 
 from archiver.archive import reasons
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import sessions_table
+from archiver.archive.models import ACTIVE, sessions_table
 from archiver.errors import InputError
 from archiver.reports.result import Result, result
 from archiver.reports.sqltime import duration_seconds, time_bucket

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select
 
+from archiver.archive.models import runs_table, sessions_table, versions_table
 from archiver.archive.records import URL_FIELDS
-from archiver.archive.store import runs_table, sessions_table, versions_table
 from archiver.errors import InputError
 from archiver.reports.result import Result, result
 

@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from archiver.archive import reasons
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import sessions_table
+from archiver.archive.models import ACTIVE, sessions_table
 from archiver.errors import InputError
 from archiver.reports.window import Window, open_during
 from archiver.vocabulary import STATUSES

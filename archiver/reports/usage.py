@@ -31,7 +31,7 @@ from itertools import pairwise
 
 from sqlalchemy import Connection, select
 
-from archiver.archive.store import runs_table
+from archiver.archive.models import runs_table
 from archiver.errors import InputError
 from archiver.reports.periods import edges, floor, until_now
 from archiver.reports.result import Result, result

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, CompoundSelect, Connection, Select, and_, func, or_, select, union_all
 
 from archiver.archive import reasons
-from archiver.archive.models import ACTIVE
-from archiver.archive.store import sessions_table
+from archiver.archive.models import ACTIVE, sessions_table
 from archiver.errors import InputError
 from archiver.reports.result import Result, result
 from archiver.reports.sqltime import duration_seconds

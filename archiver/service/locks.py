@@ -19,11 +19,11 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, Table, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from archiver.archive.models import AccountLease
+from archiver.archive.models import leases_table
 from archiver.errors import LeaseLostError
 
 log = logging.getLogger(__name__)
-leases: Table = AccountLease.__table__  # type: ignore[assignment]
+leases: Table = leases_table
 c = leases.c
 
 
