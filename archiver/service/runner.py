@@ -25,10 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,6 +41,10 @@ from archiver.service import locks
 from archiver.service.cadence import Cadence, planned
 from archiver.service.metrics import Metrics, MetricsServer
 from archiver.vocabulary import Outcome
+
+if TYPE_CHECKING:  # APScheduler is imported by the service alone, not by a one-shot sync
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -437,6 +439,8 @@ class Runner:
         return server
 
     def _start_jobs(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         self.jobs = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
         for index, account_id in enumerate(self.accounts):
@@ -460,6 +464,8 @@ class Runner:
         self._log_cadence()
 
     def _trigger(self, gap: float) -> IntervalTrigger:
+        from apscheduler.triggers.interval import IntervalTrigger
+
         return IntervalTrigger(seconds=gap * (1 - JITTER_SHARE), jitter=gap * JITTER_SHARE, timezone=UTC)
 
     async def _poll(self, account_id: str) -> None:
