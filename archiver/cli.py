@@ -454,7 +454,7 @@ def report_usage(app: App, since: datetime, until: datetime, by: str, account: s
     from archiver.reports import Window, usage
 
     pricing = _pricing(app.settings())
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(usage.usage(conn, Window(since, until), app.now, by=by, account=account, pricing=pricing), fmt)
 
 
@@ -469,7 +469,7 @@ def report_coverage(app: App, since: datetime, until: datetime, by: str | None, 
     """How far the archive can be trusted: gaps between complete listings, incomplete ones, 429s, backlog, unknown ends."""
     from archiver.reports import Window, coverage
 
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         return _show(coverage.coverage(conn, Window(since, until), app.now, by=by, account=account), fmt)
 
 
@@ -489,7 +489,7 @@ def report_incident(app: App, at: datetime, before: str, after: str, account: st
 
     kind = document.format_of(output)
     reach = {name: _age(name, text) for name, text in (("--before", before), ("--after", after))}
-    with app.archive().connect() as conn:
+    with app.reader().connect() as conn:
         review = incident(conn, at, reach["--before"], reach["--after"], app.now, account=account)
         if kind == "html":
             page, _count = build_timeline(conn, review.window, account=account)

@@ -465,6 +465,8 @@ def test_f14_status_and_reports_read_an_archive_they_may_not_write(tmp_path: Pat
         "runs": (["report", "runs", "--since", "2026-11-01"], archive_data.B),
         "sessions": (["report", "sessions", "--since", "2026-11-20"], archive_data.sid("active")),
         "current": (["db", "current"], f"current: {migrate.head_revision()}"),
+        "usage": (["report", "usage", "--since", "2026-11-01", "--until", "2026-11-30"], "browser_hours"),
+        "coverage": (["report", "coverage", "--since", "2026-11-01", "--until", "2026-11-30"], "incomplete_listings"),
     }
     try:
         for name, (command, expected) in commands.items():
@@ -481,7 +483,10 @@ def test_f14_status_and_reports_read_an_archive_they_may_not_write(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "command", [["status"], ["report", "runs", "--since", "1d"], ["db", "current"], ["export", "--since", "1d"]], ids=" ".join
+    "command",
+    [["status"], ["report", "runs", "--since", "1d"], ["db", "current"], ["export", "--since", "1d"], ["report", "usage", "--since", "1d"],
+     ["report", "coverage", "--since", "1d"], ["report", "incident", "--at", "1h", "-o", "review.md"]],
+    ids=" ".join,
 )
 def test_f14_a_read_only_command_on_a_mistyped_sqlite_path_creates_nothing(tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "archvie.db"
