@@ -38,6 +38,23 @@ class Source(StrEnum):
     ARCHIVER = "archiver"  # the archiver's own conclusion (vanished: left a complete listing)
 
 
+class Kind(StrEnum):
+    """What one observation did to a session (lifecycle.Transition); a cycle counts each kind."""
+
+    NEW = "new"
+    UNCHANGED = "unchanged"
+    REFRESHED = "refreshed"  # listed with new values that are no lifecycle fact (a fresh URL token)
+    CHANGED = "changed"
+    REAPPEARED = "reappeared"  # listed again after it vanished or was given up as gone
+    VANISHED = "vanished"
+    FETCHED = "fetched"  # a detail answered
+    CLOSED = "closed"  # a detail answered with the session's end
+    MISSING = "missing"  # a detail found nothing, and the session is asked again or was still listed
+    GONE = "gone"  # Cloudflare forgot a vanished session before telling its end
+    REJECTED = "rejected"  # a detail answered with something unusable
+    WAIVED = "waived"  # a detail owed for a new or changed session let go
+
+
 class Outcome(StrEnum):
     """How a poll cycle ended, as its ledger row says."""
 
@@ -63,7 +80,7 @@ class CycleCounter:
 
 
 # What a cycle's ledger row, its log line and `archiver sync`'s summary report, in this order.
-# A stored counter is a column of sync_runs (models.SyncRun): adding one takes a line here, the
+# A stored counter is a column of sync_runs (models.runs_table): adding one takes a line here, the
 # column and its migration.
 CYCLE_COUNTERS = (
     CycleCounter("listed", "listed"),

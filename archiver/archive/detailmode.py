@@ -100,7 +100,7 @@ def detail_adds(listed: Mapping[str, Any], record: SessionRecord) -> bool | None
         return None
     for name in COMPARED_FIELDS:
         value, known = record.fields[name], listed.get(name)
-        if name in URL_COLUMNS and value is not None and known is not None:
+        if name in URL_COLUMNS and isinstance(value, str) and isinstance(known, str):
             # Every answer may carry a fresh access token (kept with ARCHIVER_KEEP_URL_TOKENS):
             # the URL tells something new only if it differs beyond its credentials.
             value, known = redact_url(value), redact_url(known)

@@ -1,7 +1,7 @@
 """How one observation moves a session's stored state: pure functions, no I/O.
 
-Each function takes the stored row (a dict of every ``browser_sessions`` column, or None for an
-unknown session) and an observation, and returns a :class:`Transition`: the full row to write (or
+Each function takes the stored row (a :class:`SessionRow`, or None for an unknown session) and an
+observation, and returns a :class:`Transition`: what kind of move it was, the full row to write (or
 None when only ``last_seen_at`` moves) and the version row to append (or None).
 
 A row's ``content_hash`` vouches that a listed object with that digest tells nothing new about
@@ -14,30 +14,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from archiver.archive.models import ACTIVE, CLOSED, GONE, VANISHED
 from archiver.archive.records import STATE_FIELDS, SessionRecord, lifecycle_changed, merge_state
-from archiver.vocabulary import DETAIL_PRIORITY, FINAL_STATE_DUES, Due, Source
+from archiver.archive.rows import SessionRow, SessionState, StoredState, VersionRow
+from archiver.vocabulary import DETAIL_PRIORITY, FINAL_STATE_DUES, Due, Kind, Source
 
 # A vanished session whose details still show no end (or no close reason, or nothing at all) is
 # asked again a few times: Cloudflare may drop a session from the list a moment before it writes
 # the close reason, and one odd answer must not cost the session's final state.
 MAX_DETAIL_ATTEMPTS = 3
-# What a closed session's details should tell; while one is missing the detail is asked again.
-CLOSING_FIELDS = ("end_time", "close_reason", "close_reason_text")
-Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    kind: str
-    row: Row | None = None
-    version: Row | None = None
+    kind: Kind
+    row: SessionRow | None = None
+    version: VersionRow | None = None
 
 
 def observe_listed(
-    known: Row | None,
+    known: SessionRow | None,
     record: SessionRecord,
     *,
     account_id: str,
@@ -57,7 +54,7 @@ def observe_listed(
     content_hash = None if record.problems else content_hash
     status = CLOSED if merged["end_time"] is not None else ACTIVE
     if known is None:
-        row = {
+        row: SessionRow = {
             "account_id": account_id,
             "session_id": record.session_id,
             "status": status,
@@ -73,9 +70,9 @@ def observe_listed(
             "raw": record.raw,
             "content_hash": content_hash,
         }
-        return Transition("new", row, _version(row, run_id, seen_at, Source.LIST))
+        return Transition(Kind.NEW, row, _version(row, run_id, seen_at, Source.LIST))
     if listed_unchanged(known, record):
-        return Transition("unchanged")
+        return Transition(Kind.UNCHANGED)
     changed = lifecycle_changed(known, merged)
     reappeared = known["status"] in (VANISHED, GONE)
     due = known["detail_due"]
@@ -99,11 +96,11 @@ def observe_listed(
         "content_hash": content_hash,
     }
     version = _version(row, run_id, seen_at, Source.LIST) if changed or status != known["status"] else None
-    kind = "reappeared" if reappeared else ("changed" if changed or version else "refreshed")
+    kind = Kind.REAPPEARED if reappeared else (Kind.CHANGED if changed or version else Kind.REFRESHED)
     return Transition(kind, row, version)
 
 
-def listed_unchanged(known: Row, record: SessionRecord) -> bool:
+def listed_unchanged(known: StoredState, record: SessionRecord) -> bool:
     """Whether a listing tells nothing new about a known session, so that only its
     ``last_seen_at`` moves: no field differs from a value the record carries, and the status the
     listing implies is the stored one.
@@ -120,19 +117,20 @@ def listed_unchanged(known: Row, record: SessionRecord) -> bool:
     return bool(known["status"] == (CLOSED if ended else ACTIVE))
 
 
-def observe_vanished(known: Row, *, at: datetime, run_id: int) -> Transition:
+def observe_vanished(known: SessionRow, *, at: datetime, run_id: int) -> Transition:
     """An active session was absent from a complete listing."""
-    row = {**known, "status": VANISHED, "vanished_at": at, "detail_due": Due.VANISHED, "detail_attempts": 0}
-    row["last_run_id"] = run_id
-    row["content_hash"] = None  # listed again as it was, it has reappeared: not unchanged
-    return Transition("vanished", row, _version(row, run_id, at, Source.ARCHIVER))
+    # content_hash: listed again as it was, the session has reappeared, not stayed unchanged
+    row: SessionRow = {**known, "status": VANISHED, "vanished_at": at, "detail_due": Due.VANISHED, "detail_attempts": 0,
+                       "last_run_id": run_id, "content_hash": None}
+    return Transition(Kind.VANISHED, row, _version(row, run_id, at, Source.ARCHIVER))
 
 
-def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: int) -> Transition:
+def observe_detail(known: SessionRow, record: SessionRecord, *, at: datetime, run_id: int) -> Transition:
     """A detail fetch returned the session."""
     merged = merge_state(known, record)
     attempts = known["detail_attempts"]
     due = None
+    status: str
     if merged["end_time"] is not None:
         status = CLOSED
         if _closing_due(status, merged):
@@ -144,7 +142,7 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
         due = Due.VANISHED if attempts < MAX_DETAIL_ATTEMPTS else None
     else:
         status = known["status"]
-    row = {
+    row: SessionRow = {
         **known,
         **merged,
         "status": status,
@@ -157,10 +155,10 @@ def observe_detail(known: Row, record: SessionRecord, *, at: datetime, run_id: i
         "content_hash": known.get("content_hash") if status == known["status"] and not _state_moved(known, merged) else None,
     }
     changed = lifecycle_changed(known, merged) or status != known["status"]
-    return Transition("closed" if status == CLOSED else "fetched", row, _version(row, run_id, at, Source.DETAIL) if changed else None)
+    return Transition(Kind.CLOSED if status == CLOSED else Kind.FETCHED, row, _version(row, run_id, at, Source.DETAIL) if changed else None)
 
 
-def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
+def observe_missing(known: SessionRow, *, at: datetime, run_id: int) -> Transition:
     """A detail fetch found nothing (404 or null): Cloudflare has forgotten the session.
 
     A session whose final state is owed (vanished, or closed without its reason) is asked again
@@ -169,38 +167,38 @@ def observe_missing(known: Row, *, at: datetime, run_id: int) -> Transition:
     """
     attempts = known["detail_attempts"] + 1
     if known["detail_due"] in FINAL_STATE_DUES and attempts < MAX_DETAIL_ATTEMPTS:
-        return Transition("missing", {**known, "detail_attempts": attempts, "last_run_id": run_id})
+        return Transition(Kind.MISSING, {**known, "detail_attempts": attempts, "last_run_id": run_id})
     if known["status"] != VANISHED:
         # Still listed (or already closed): nothing is lost, and nothing to wait for.
-        row = {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
-        return Transition("missing", row)
-    row = {**known, "status": GONE, "gone_at": at, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id}
-    row["content_hash"] = None
-    return Transition("gone", row, _version(row, run_id, at, Source.DETAIL))
+        return Transition(Kind.MISSING, {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id})
+    row: SessionRow = {**known, "status": GONE, "gone_at": at, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id,
+                       "content_hash": None}
+    return Transition(Kind.GONE, row, _version(row, run_id, at, Source.DETAIL))
 
 
-def observe_bad_detail(known: Row, *, run_id: int) -> Transition:
+def observe_bad_detail(known: SessionRow, *, run_id: int) -> Transition:
     """A detail fetch returned something unusable: try again a bounded number of times."""
     attempts = known["detail_attempts"] + 1
     due = known["detail_due"] if attempts < MAX_DETAIL_ATTEMPTS else None
-    row = {**known, "detail_due": due, "detail_attempts": attempts if due else 0, "last_run_id": run_id}
-    return Transition("rejected", row)
+    return Transition(Kind.REJECTED, {**known, "detail_due": due, "detail_attempts": attempts if due else 0, "last_run_id": run_id})
 
 
-def observe_waived(known: Row, *, run_id: int) -> Transition:
+def observe_waived(known: SessionRow, *, run_id: int) -> Transition:
     """A detail owed for a new or changed session was let go: the detail mode trusts the listing.
     One owed for the session's final state (it vanished or closed since) stays owed."""
     if known["detail_due"] not in (Due.NEW, Due.CHANGED):
-        return Transition("waived")
-    return Transition("waived", {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id})
+        return Transition(Kind.WAIVED)
+    return Transition(Kind.WAIVED, {**known, "detail_due": None, "detail_attempts": 0, "last_run_id": run_id})
 
 
-def _closing_due(status: str, merged: Row) -> str | None:
-    """"closing" if a closed session's state lacks what its close should tell, else None."""
-    return Due.CLOSING if status == CLOSED and any(merged[name] is None for name in CLOSING_FIELDS) else None
+def _closing_due(status: str, merged: SessionState) -> str | None:
+    """"closing" if a closed session's state lacks what its close should tell (its end, reason
+    and reason's text), else None: while one is missing, the detail is asked again."""
+    return Due.CLOSING if status == CLOSED and (merged["end_time"] is None or merged["close_reason"] is None
+                                                     or merged["close_reason_text"] is None) else None
 
 
-def _state_moved(known: Row, merged: Row) -> bool:
+def _state_moved(known: SessionState, merged: SessionState) -> bool:
     return any(known.get(name) != merged[name] for name in STATE_FIELDS)
 
 
@@ -211,7 +209,7 @@ def most_urgent(a: str | None, b: str | None) -> str | None:
     return a if DETAIL_PRIORITY[Due(a)] <= DETAIL_PRIORITY[Due(b)] else b
 
 
-def _version(row: Row, run_id: int, observed_at: datetime, source: str) -> Row:
+def _version(row: SessionRow, run_id: int, observed_at: datetime, source: str) -> VersionRow:
     return {
         "account_id": row["account_id"],
         "session_id": row["session_id"],
@@ -219,6 +217,15 @@ def _version(row: Row, run_id: int, observed_at: datetime, source: str) -> Row:
         "observed_at": observed_at,
         "source": source,
         "status": row["status"],
-        **{name: row[name] for name in STATE_FIELDS},
+        "start_time": row["start_time"],
+        "end_time": row["end_time"],
+        "connection_start_time": row["connection_start_time"],
+        "connection_end_time": row["connection_end_time"],
+        "last_updated": row["last_updated"],
+        "connection_id": row["connection_id"],
+        "close_reason": row["close_reason"],
+        "close_reason_text": row["close_reason_text"],
+        "devtools_frontend_url": row["devtools_frontend_url"],
+        "web_socket_debugger_url": row["web_socket_debugger_url"],
         "raw": row["raw"],
     }

@@ -21,10 +21,10 @@ from typing import Any
 from archiver.archive import lifecycle, reasons
 from archiver.archive.models import CLOSED
 from archiver.archive.records import SessionRecord, parse_session, reject_body
+from archiver.archive.rows import RejectRow, SessionRow, StoredState, VersionRow
 from archiver.errors import BadRecordError
 from archiver.vocabulary import Source
 
-Row = dict[str, Any]
 # The count of closes learned in a cycle, by the reason's documented name: "closed:BrowserIdle".
 CLOSED_PREFIX = "closed:"
 # A listed object, the id it is listed under (None if it gives no usable one) and its digest.
@@ -38,14 +38,14 @@ class Plan:
     rejects, and for a listing the ids of unchanged sessions and the new digests of unchanged
     ones; with what it counted for the ledger."""
 
-    rows: list[Row] = field(default_factory=list)
-    versions: list[Row] = field(default_factory=list)
+    rows: list[SessionRow] = field(default_factory=list)
+    versions: list[VersionRow] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     rehashed: dict[str, str] = field(default_factory=dict)
-    rejects: list[Row] = field(default_factory=list)
+    rejects: list[RejectRow] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add(self, step: lifecycle.Transition, before: Row | None = None) -> None:
+    def add(self, step: lifecycle.Transition, before: SessionRow | None = None) -> None:
         """A transition's row and version; a close whose reason is known for the first time
         (``before``: the row as it was) is counted under the reason's documented name."""
         if step.row is not None:
@@ -106,7 +106,7 @@ def sort_listed(hashed: Iterable[Hashed], stored_hashes: Mapping[str, str | None
     return parsed
 
 
-def split_moved(parsed: Parsed, states: Mapping[str, Row], plan: Plan) -> Parsed:
+def split_moved(parsed: Parsed, states: Mapping[str, StoredState], plan: Plan) -> Parsed:
     """Of the parsed records, those whose state (``states``: the stored sessions' lifecycle
     columns) the listing did not move are unchanged (with their new digest, if they have one);
     the others are returned."""
@@ -123,7 +123,7 @@ def split_moved(parsed: Parsed, states: Mapping[str, Row], plan: Plan) -> Parsed
     return moved
 
 
-def plan_moved(moved: Parsed, known: Mapping[str, Row], context: Context, seen_at: datetime, plan: Plan) -> None:
+def plan_moved(moved: Parsed, known: Mapping[str, SessionRow], context: Context, seen_at: datetime, plan: Plan) -> None:
     """The rows and versions of the sessions a listing moved (``known``: their stored rows)."""
     for record, digest in moved:
         step = lifecycle.observe_listed(
@@ -134,14 +134,14 @@ def plan_moved(moved: Parsed, known: Mapping[str, Row], context: Context, seen_a
         plan.add(step, known.get(record.session_id))
 
 
-def plan_vanished(rows: Iterable[Row], context: Context, at: datetime, plan: Plan) -> None:
+def plan_vanished(rows: Iterable[SessionRow], context: Context, at: datetime, plan: Plan) -> None:
     """The active sessions a complete listing no longer holds: vanished, a detail owed."""
     for row in rows:
         plan.add(lifecycle.observe_vanished(row, at=at, run_id=context.run_id))
         plan.counts["vanished"] += 1
 
 
-def _closed_with_reason(row: Row) -> bool:
+def _closed_with_reason(row: SessionRow) -> bool:
     return bool(row["status"] == CLOSED and row["close_reason"] is not None)
 
 

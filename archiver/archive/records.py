@@ -14,12 +14,13 @@ import json
 import marshal
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from archiver.archive.redact import REDACTED, redact_text, redact_url
+from archiver.archive.rows import SessionState, StateField, TextField, TimeField, UrlField
 from archiver.archive.storable import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES, Walk, bounded_text, json_bytes, storable_text
 from archiver.errors import BadRecordError
 
@@ -29,7 +30,7 @@ MIN_MS = 946_684_800_000
 MAX_MS = 4_102_444_800_000
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
-TIME_FIELDS = {
+TIME_FIELDS: dict[str, TimeField] = {
     "startTime": "start_time",
     "endTime": "end_time",
     "connectionStartTime": "connection_start_time",
@@ -37,22 +38,20 @@ TIME_FIELDS = {
     "lastUpdated": "last_updated",
 }
 # Upstream key -> (attribute, longest value we store).
-TEXT_FIELDS = {
+TEXT_FIELDS: dict[str, tuple[TextField, int]] = {
     "connectionId": ("connection_id", 128),
     "closeReason": ("close_reason", 64),
     "closeReasonText": ("close_reason_text", 1024),
 }
-URL_FIELDS = {
+URL_FIELDS: dict[str, UrlField] = {
     "devtoolsFrontendUrl": "devtools_frontend_url",
     "webSocketDebuggerUrl": "web_socket_debugger_url",
 }
 # The facts of a session's lifecycle: a change in any of them is a new version. URLs are left
 # out on purpose: they carry short-lived credentials, not lifecycle facts.
-LIFECYCLE_FIELDS: tuple[str, ...] = (*TIME_FIELDS.values(), *(a for a, _ in TEXT_FIELDS.values()))
-STATE_FIELDS: tuple[str, ...] = (*LIFECYCLE_FIELDS, *URL_FIELDS.values())
+LIFECYCLE_FIELDS: tuple[StateField, ...] = (*TIME_FIELDS.values(), *(a for a, _ in TEXT_FIELDS.values()))
+STATE_FIELDS: tuple[StateField, ...] = (*LIFECYCLE_FIELDS, *URL_FIELDS.values())
 KNOWN_KEYS = frozenset({"sessionId", *TIME_FIELDS, *TEXT_FIELDS, *URL_FIELDS})
-# The facts of one connection: a new connection makes what was known of the previous one moot.
-CONNECTION_FIELDS = ("connection_id", "connection_start_time", "connection_end_time")
 # The free-text field: it may quote a URL (an error about a connection), and is redacted as
 # unknown fields are. The others are codes and ids.
 FREE_TEXT = "closeReasonText"
@@ -63,7 +62,7 @@ class SessionRecord:
     """One validated observation of a session, as listed or as fetched in detail."""
 
     session_id: str
-    fields: dict[str, Any]  # attribute -> value for every STATE_FIELDS name; None when missing
+    fields: SessionState  # None where the object says nothing (or nothing usable)
     raw: dict[str, Any]  # the upstream object, URL credentials redacted, unknown keys kept
     problems: tuple[str, ...] = ()
 
@@ -81,25 +80,25 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
     if not isinstance(session_id, str) or not UUID_PATTERN.fullmatch(session_id):
         raise BadRecordError(f"sessionId is missing or not a UUID: {_short(session_id)}")
     problems: list[str] = []
-    fields: dict[str, Any] = {}
-    for key, attr in TIME_FIELDS.items():
-        fields[attr] = _parse_time(obj.get(key), key, problems)
+    fields = cast(SessionState, dict.fromkeys(STATE_FIELDS))  # every key, each set below
+    for key, time_field in TIME_FIELDS.items():
+        fields[time_field] = _parse_time(obj.get(key), key, problems)
     _check_order(fields, "start_time", "end_time", problems)
     _check_order(fields, "connection_start_time", "connection_end_time", problems)
     raw = dict(obj)
-    for key, (attr, limit) in TEXT_FIELDS.items():
+    for key, (text_field, limit) in TEXT_FIELDS.items():
         value = obj.get(key)
         text = _parse_text(value, key, limit, problems, numbers=(key == "closeReason"))
         if text is not None and key == FREE_TEXT and not keep_url_tokens:
             text = redact_text(text)
         if text is not value and text is not None and isinstance(value, str):
             raw[key] = text  # the document says what the column says
-        fields[attr] = text
-    for key, attr in URL_FIELDS.items():
+        fields[text_field] = text
+    for key, url_field in URL_FIELDS.items():
         url = _parse_text(obj.get(key), key, 8192, problems, numbers=False)
         if url is not None and not keep_url_tokens:
             url = redact_url(url)
-        fields[attr] = url
+        fields[url_field] = url
         if key in raw:
             raw[key] = url if url is not None or raw[key] is None else REDACTED
     if problems or not KNOWN_KEYS.issuperset(obj):
@@ -108,9 +107,10 @@ def parse_session(obj: Any, *, keep_url_tokens: bool = False) -> SessionRecord:
     return SessionRecord(session_id.lower(), fields, raw, tuple(problems))
 
 
-def _check_order(fields: Mapping[str, Any], start: str, end: str, problems: list[str]) -> None:
+def _check_order(fields: SessionState, start: TimeField, end: TimeField, problems: list[str]) -> None:
     """An end before its start is stored as observed (it is what upstream said), and noted."""
-    if fields[start] is not None and fields[end] is not None and fields[end] < fields[start]:
+    start_at, end_at = fields[start], fields[end]
+    if start_at is not None and end_at is not None and end_at < start_at:
         problems.append(f"{_UPSTREAM_KEY[end]}: before {_UPSTREAM_KEY[start]} (stored as observed)")
 
 
@@ -182,7 +182,7 @@ def listing_hash(obj: Any, *, keep_url_tokens: bool = False) -> str | None:
 _HASH_PERSON = {False: b"list-v2-redacted", True: b"list-v2-kept"}
 
 
-def merge_state(previous: Mapping[str, Any] | None, record: SessionRecord) -> dict[str, Any]:
+def merge_state(previous: SessionState | None, record: SessionRecord) -> SessionState:
     """The latest known value of every field: what the record says, else what we knew before.
 
     Upstream omits or nulls fields freely (a listing may carry less than a detail), so a missing
@@ -193,23 +193,26 @@ def merge_state(previous: Mapping[str, Any] | None, record: SessionRecord) -> di
     """
     fields = record.fields
     if previous is None:
-        return dict(fields)
-    merged = {name: fields[name] if fields[name] is not None else previous.get(name) for name in STATE_FIELDS}
+        return fields.copy()
+    merged = cast(SessionState, {name: fields[name] if fields[name] is not None else previous.get(name) for name in STATE_FIELDS})
     if _another_connection(previous, fields):
-        for name in CONNECTION_FIELDS:
-            merged[name] = fields[name]
+        merged["connection_id"] = fields["connection_id"]
+        merged["connection_start_time"] = fields["connection_start_time"]
+        merged["connection_end_time"] = fields["connection_end_time"]
     return merged
 
 
-def _another_connection(previous: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
-    for name in ("connection_id", "connection_start_time"):
-        new, old = fields[name], previous.get(name)
-        if new is not None and old is not None and new != old:
-            return True
-    return False
+def _another_connection(previous: SessionState, fields: SessionState) -> bool:
+    return _differ(fields["connection_id"], previous.get("connection_id")) or _differ(
+        fields["connection_start_time"], previous.get("connection_start_time")
+    )
 
 
-def lifecycle_changed(previous: Mapping[str, Any], merged: Mapping[str, Any]) -> bool:
+def _differ(new: object, old: object) -> bool:
+    return new is not None and old is not None and new != old
+
+
+def lifecycle_changed(previous: SessionState, merged: SessionState) -> bool:
     """Whether the merged state differs from the stored one in a lifecycle fact."""
     return any(previous.get(name) != merged[name] for name in LIFECYCLE_FIELDS)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Executable, Table, and_, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
@@ -18,6 +18,7 @@ from archiver.archive import sqlitefile
 from archiver.archive.models import ACTIVE, rejects_table, runs_table, sessions_table, versions_table
 from archiver.archive.plan import Plan
 from archiver.archive.records import STATE_FIELDS
+from archiver.archive.rows import SessionRow, StoredState
 from archiver.archive.storable import bounded_text, json_bytes
 from archiver.errors import ConfigError
 from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, Outcome
@@ -242,22 +243,22 @@ def _upsert_statement(dialect: str, table: Table, columns: tuple[str, ...], key:
     raise ConfigError(f"ARCHIVER_DATABASE_URL: the {dialect} database is not supported")
 
 
-def load_sessions(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def load_sessions(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, SessionRow]:
     """The stored rows of the given sessions, by session id (unknown ids are absent)."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, SessionRow] = {}
     for batch in chunks(list(session_ids)):
         for row in conn.execute(_LOAD_SESSIONS, {"account_id": account_id, "ids": batch}).mappings():
-            found[row["session_id"]] = dict(row)
+            found[row["session_id"]] = cast(SessionRow, dict(row))
     return found
 
 
-def load_states(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def load_states(conn: Connection, account_id: str, session_ids: Iterable[str]) -> dict[str, StoredState]:
     """The :data:`STATE_COLUMNS` of the given sessions, by session id (unknown ids are absent):
     enough to tell which listed sessions changed, at a fraction of the cost of whole rows."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, StoredState] = {}
     for batch in chunks(list(session_ids)):
         for row in conn.execute(_LOAD_STATES, {"account_id": account_id, "ids": batch}):
-            found[row[0]] = dict(zip(STATE_COLUMNS, row, strict=True))
+            found[row[0]] = cast(StoredState, dict(zip(STATE_COLUMNS, row, strict=True)))
     return found
 
 
@@ -281,7 +282,7 @@ def active_ids_absent_from(conn: Connection, account_id: str, present: Container
     return sorted(absent), active
 
 
-def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[dict[str, Any]]:
+def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: Collection[str] = ()) -> list[SessionRow]:
     """Sessions owed a detail fetch, most urgent first (vanished, closing, those two asked again,
     changed, new; the oldest vanish first, the others oldest first), but those in ``but``."""
     if limit <= 0:
@@ -289,7 +290,8 @@ def sessions_due_for_detail(conn: Connection, account_id: str, limit: int, but: 
     params: dict[str, Any] = {"account_id": account_id, "limit": limit}
     if but:
         params["but"] = list(but)
-    return [dict(row) for row in conn.execute(_DUE_FOR_DETAIL_BUT if but else _DUE_FOR_DETAIL, params).mappings()]
+    rows = conn.execute(_DUE_FOR_DETAIL_BUT if but else _DUE_FOR_DETAIL, params).mappings()
+    return [cast(SessionRow, dict(row)) for row in rows]
 
 
 def last_detail_mode(conn: Connection, account_id: str) -> tuple[str | None, int]:

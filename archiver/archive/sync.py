@@ -32,6 +32,7 @@ from archiver.archive.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.archive.models import ACTIVE
 from archiver.archive.plan import Plan
 from archiver.archive.records import listing_hash, parse_session
+from archiver.archive.rows import SessionRow
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError, BadRecordError, DatabaseError, DeadlineReached, NoAnswer, RetriableError, first_line
 from archiver.service.locks import worker_id
@@ -96,7 +97,7 @@ def _detail_priority(known: Mapping[str, Any]) -> Priority:
 DEFERRED = object()
 # A detail the detail mode no longer wants (a new or changed session, the listing trusted).
 WAIVED = object()
-DetailResult = tuple[dict[str, Any], Any, RetriableError | None]
+DetailResult = tuple[SessionRow, Any, RetriableError | None]
 # A complete listing that would vanish at least this many active sessions, and more than this
 # share of them, is confirmed by a second listing first: one glitch is not a mass vanish.
 MASS_VANISH_LEAST = 10
@@ -114,7 +115,7 @@ class Claim:
     the request, if still waiting, is let go, and the later cycle asks in that reason's turn."""
 
     run_id: int
-    reason: str
+    reason: str | None  # the row's detail_due when it was claimed (owed rows only are claimed)
     released: Deadline = field(default_factory=Deadline)
 
 
@@ -138,7 +139,7 @@ class AccountState:
     # cycles never interleaves, as it never did on the loop.
     db: Executor | None = None
 
-    def claim(self, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
+    def claim(self, run_id: int, rows: Iterable[SessionRow]) -> None:
         for row in rows:
             self.fetching[row["session_id"]] = Claim(run_id, row["detail_due"])
 
@@ -157,7 +158,7 @@ class AccountState:
                 claim.released.at = -math.inf
 
 
-def owed_more_urgently(claims: Mapping[str, Claim], rows: Iterable[dict[str, Any]]) -> set[str]:
+def owed_more_urgently(claims: Mapping[str, Claim], rows: Iterable[SessionRow]) -> set[str]:
     """The claimed sessions that these rows owe a detail for a more urgent reason than the claim's."""
     urgent = set()
     for row in rows:
@@ -382,7 +383,7 @@ class _Cycle:
 
     # -- listing ------------------------------------------------------------------------------
 
-    async def _list(self, listing: Listing) -> list[dict[str, Any]]:
+    async def _list(self, listing: Listing) -> list[SessionRow]:
         """List every page and store what it says; return the sessions owed a detail fetch."""
         pending: list[Any] = []
         seen_at = self.clock()
@@ -410,7 +411,7 @@ class _Cycle:
             raise
         return await self._store_listed(pending, seen_at, ended=listing)
 
-    async def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[dict[str, Any]]:
+    async def _store_listed(self, items: Sequence[Any], seen_at: datetime, ended: Listing | None = None) -> list[SessionRow]:
         """Store listed objects (see _write_listed); claims of other cycles on sessions now owed
         more urgently are let go, so that this cycle asks for them in their turn."""
         if not items and ended is None:
@@ -425,7 +426,7 @@ class _Cycle:
 
     def _write_listed(
         self, items: Sequence[Any], seen_at: datetime, ended: Listing | None, claims: Mapping[str, Claim]
-    ) -> tuple[list[dict[str, Any]], set[str]]:
+    ) -> tuple[list[SessionRow], set[str]]:
         """Store listed objects. With ``ended``, the listing they end, in the same transaction (one
         commit fewer a cycle): if it was complete, mark what it no longer holds vanished; read the
         sessions owed a detail fetch (returned, with the ``claims`` this cycle takes over); and if
@@ -443,7 +444,7 @@ class _Cycle:
             due = self._end_write(conn, claims.keys() - taken_over)
         return due, taken_over
 
-    def _end_write(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
+    def _end_write(self, conn: Connection, elsewhere: Collection[str]) -> list[SessionRow]:
         """The listing's last write, closing: note when it was stored, read the sessions owed a
         detail (but those of ``elsewhere``), and if none is, close the ledger row."""
         self.ledger.listed_at = self.clock()
@@ -455,7 +456,7 @@ class _Cycle:
             store.note_listed(conn, self.ledger.run_id, self.ledger.listed_at)
         return due
 
-    async def _confirm_vanish(self) -> list[dict[str, Any]]:
+    async def _confirm_vanish(self) -> list[SessionRow]:
         """A complete listing left most of the active sessions out (say, one empty page between two
         full ones): a second listing, at once, says which truly left. Only those are vanished, when
         it first saw them gone; if it cannot tell (incomplete), none is."""
@@ -493,7 +494,7 @@ class _Cycle:
             self.ledger.pages += listing.pages
         return ids if listing.complete else None
 
-    def _write_confirmed(self, confirmed: Sequence[str], claims: Mapping[str, Claim]) -> tuple[list[dict[str, Any]], set[str]]:
+    def _write_confirmed(self, confirmed: Sequence[str], claims: Mapping[str, Claim]) -> tuple[list[SessionRow], set[str]]:
         """Vanish the sessions the second listing confirmed gone (still active), then close the
         listing's writes as _write_listed does."""
         plan = Plan()
@@ -505,7 +506,7 @@ class _Cycle:
             due = self._end_write(conn, claims.keys() - taken_over)
         return due, taken_over
 
-    def _read_due(self, conn: Connection, elsewhere: Collection[str]) -> list[dict[str, Any]]:
+    def _read_due(self, conn: Connection, elsewhere: Collection[str]) -> list[SessionRow]:
         """The sessions owed a detail that this cycle fetches: the budget's worth, most urgent
         first, but for those other cycles of the account are fetching (``elsewhere``). Notes
         whether the read saw every owed session, and how many the other cycles have."""
@@ -558,7 +559,7 @@ class _Cycle:
 
     # -- details ------------------------------------------------------------------------------
 
-    async def _fetch_details(self, due: Sequence[dict[str, Any]]) -> None:
+    async def _fetch_details(self, due: Sequence[SessionRow]) -> None:
         """Fetch the details ``due`` (the budget's worth, most urgent first) and store them; the
         last write closes the ledger row when the read saw every owed session. Details the detail
         mode no longer wants are let go unasked; those not sent before ``give_up`` stay owed."""
@@ -594,12 +595,12 @@ class _Cycle:
         finally:
             self.state.unclaim(self.ledger.run_id, (row["session_id"] for row in due))
 
-    def _worth_fetching(self, known: dict[str, Any]) -> bool:
+    def _worth_fetching(self, known: SessionRow) -> bool:
         """Whether an owed detail is still wanted: those of new and changed sessions only while
         the detail mode wants them; those about a session's final state always."""
         return known["detail_due"] not in (Due.NEW, Due.CHANGED) or self.learner.wants_detail(known["session_id"])
 
-    async def _fetch(self, known: dict[str, Any]) -> DetailResult:
+    async def _fetch(self, known: SessionRow) -> DetailResult:
         """One detail, in its turn: a vanished session's before a closing one's, a closing one's
         before a changed one's, a changed one's before a new one's; oldest first within each."""
         session_id, reason = known["session_id"], known["detail_due"]
@@ -658,7 +659,7 @@ class _Cycle:
             self._switched(mode)
         return still_owed
 
-    def _write_details(self, answered: Sequence[tuple[dict[str, Any], Any]], owed_before: int | None,
+    def _write_details(self, answered: Sequence[tuple[SessionRow, Any]], owed_before: int | None,
                        switches: list[DetailMode]) -> int:
         """Write detail answers; return how many of their sessions are still owed one. The detail
         mode learns from each detail of a listed session; its ``switches`` are added to the list.
@@ -692,7 +693,7 @@ class _Cycle:
                 self.ledger.close_in(conn, self.ledger.outcome())
         return still_owed
 
-    def _detail_step(self, reason: str | None, known: dict[str, Any], body: Any, at: datetime, context: plans.Context,
+    def _detail_step(self, reason: str | None, known: SessionRow, body: Any, at: datetime, context: plans.Context,
                      plan: Plan, switches: list[DetailMode]) -> lifecycle.Transition:
         """What a detail answer (asked because of ``reason``) makes of the session's current row."""
         session_id = known["session_id"]
