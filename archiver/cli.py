@@ -110,7 +110,9 @@ def sync(app: App, auto_migrate: bool) -> int:
     archive = Archive(settings)
     archive.engine(bounded=True)
     _freeze_startup_objects()
-    results = archive.sync()  # checks the schema first
+    from archiver.progress import Progress
+
+    results = archive.sync(Progress.on_stderr())  # checks the schema first
     for result in results:
         click.echo(_describe_cycle(result))
     return 1 if any(r.failed for r in results) else 0
@@ -539,17 +541,25 @@ def report_runs(app: App, since: datetime, until: datetime | None, each: bool, a
 def export(app: App, since: datetime, until: datetime, what: str, account: str | None, fmt: str,
            output: Path | None) -> int:
     """Stream archive rows of a window as CSV or JSON Lines, in constant memory."""
+    from archiver.progress import Progress, counted
     from archiver.reports import Window
     from archiver.reports import export as exporting
 
     window = Window(since, until)
+    # Rows written to the terminal show their own progress; a status line would only garble them.
+    progress = None if output is None and sys.stdout.isatty() else Progress.on_stderr()
     with app.reader().connect() as conn:
         columns, rows = exporting.export_rows(conn, what, window, account=account)
-        if output is None:
-            count = write_rows(sys.stdout, fmt, columns, rows)
-        else:
-            with _open_output(output) as out:
-                count = write_rows(out, fmt, columns, rows)
+        rows = counted(rows, progress, lambda done: f"exporting {what}: {done:,} rows written")
+        try:
+            if output is None:
+                count = write_rows(sys.stdout, fmt, columns, rows)
+            else:
+                with _open_output(output) as out:
+                    count = write_rows(out, fmt, columns, rows)
+        finally:
+            if progress is not None:
+                progress.finish()
     click.echo(f"exported {count} {what} rows", err=True)
     return 0
 
@@ -595,7 +605,10 @@ def prune(app: App, age: str, include_sessions: bool, batch_size: int, dry_run: 
             click.echo(f"would delete rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
             click.echo(table(["rows", "would delete"], counts.items()))
             raise InputError(f"--older-than {age} reaches back less than a day: nothing deleted; add --yes if that is meant")
-        counts = archive.prune(cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run)
+        from archiver.progress import Progress
+
+        counts = archive.prune(cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run,
+                               progress=Progress.on_stderr())
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} rows older than {cutoff:%Y-%m-%d %H:%M:%S} UTC:")
     click.echo(table(["rows", verb], counts.items()))

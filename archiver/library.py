@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from archiver.archive.sync import CycleResult
+    from archiver.progress import Progress
     from archiver.reports.result import Result
 
 
@@ -62,15 +63,16 @@ class Archive:
 
         migrate.require_current(self.engine(read_only=read_only))
 
-    def sync(self) -> list[CycleResult]:
-        """One poll cycle for every configured account (leases taken, ledger rows written)."""
+    def sync(self, progress: Progress | None = None) -> list[CycleResult]:
+        """One poll cycle for every configured account (leases taken, ledger rows written);
+        ``progress`` (see archiver.progress) is told how far the cycles have got."""
         from archiver.archive import migrate
         from archiver.service.runner import sync_accounts
 
         self.settings.credentials(), self.settings.accounts()  # fail fast, before the database
         engine = self.engine(bounded=True)
         migrate.require_current(engine)  # on the engine the cycles use: no connection of its own
-        return asyncio.run(sync_accounts(self.settings, engine))
+        return asyncio.run(sync_accounts(self.settings, engine, progress=progress))
 
     def sessions(self, since: datetime, until: datetime, *, account: str | None = None, reason: str | None = None,
                  status: str | None = None) -> Result:
@@ -82,12 +84,14 @@ class Archive:
             return sessions_in(conn, Window(since, until), account=account, reason=reason, status=status)
 
     def prune(self, cutoff: datetime, *, include_sessions: bool = False, batch_size: int = PRUNE_BATCH,
-              dry_run: bool = False) -> dict[str, int]:
-        """Delete (or count, with ``dry_run``) history older than ``cutoff``, in batches."""
+              dry_run: bool = False, progress: Progress | None = None) -> dict[str, int]:
+        """Delete (or count, with ``dry_run``) history older than ``cutoff``, in batches (shown
+        on ``progress`` as they go)."""
         from archiver.archive.prune import prune
 
         self.require_current()
-        return prune(self.engine(), cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run)
+        return prune(self.engine(), cutoff, include_sessions=include_sessions, batch_size=batch_size, dry_run=dry_run,
+                     progress=progress)
 
     def close(self) -> None:
         for engine in self._engines.values():

@@ -474,3 +474,30 @@ def test_real_clock_and_sleep_are_the_defaults() -> None:
 
     waits = asyncio.run(main())
     assert waits[0] < 0.005 and waits[2] >= 0.015
+
+
+# -- how long owed details take ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("earlier", "details"), [(0, 5), (3, 5), (6, 5), (6, 9), (2, 30), (0, 0)],
+                         ids=["room", "room-after-some", "wait-for-the-window", "a-window-and-more", "several-windows", "none"])
+def test_the_time_owed_details_take_is_what_the_scheduler_then_takes(earlier: int, details: int) -> None:
+    """What a cold sync's progress line promises (the time the budget needs for the rest) is the
+    time the scheduler then takes to grant them, within one request's spacing or a tenth."""
+    vt = VirtualTime()
+    scheduler = make(vt, 2.0, limit=10, window=60.0)
+    scheduler.listing_reserve = 2  # details may take 8 of every window
+
+    async def main() -> tuple[float, float]:
+        for _ in range(earlier):
+            await scheduler.acquire(Priority.NEW)
+            scheduler.release(Priority.NEW)
+        vt.now += 5.0
+        promised, asked_at = scheduler.seconds_for(details), vt.now
+        for _ in range(details):
+            await scheduler.acquire(Priority.NEW)
+            scheduler.release(Priority.NEW)
+        return promised, vt.now - asked_at
+
+    ((promised, took),) = run(vt, main())
+    assert promised == pytest.approx(took, abs=max(0.5, took * 0.1))

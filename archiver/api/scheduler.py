@@ -232,6 +232,24 @@ class RequestScheduler:
         self._forget_before(self._clock() - self.window)
         return len(self._sent)
 
+    def seconds_for(self, details: int) -> float:
+        """About how long ``details`` more detail requests take to be granted if nothing else
+        asks: played forward on the window's grants, at the peak rate, each detail past the
+        window's share waiting for an earlier one to leave the window."""
+        if details <= 0:
+            return 0.0
+        now = self._clock()
+        self._forget_before(now - self.window)
+        last = max(now, self._next_slot) - self.spacing
+        if self._limit is None:
+            return last + details * self.spacing - now
+        share = max(1, self._limit - self._listing_reserve)  # of every window, what details may take
+        grants = list(self._details)
+        for _ in range(details):
+            last = max(last + self.spacing, grants[-share] + self.window if len(grants) >= share else -math.inf)
+            grants.append(last)
+        return max(0.0, last - now)
+
     # -- granting -----------------------------------------------------------------------------
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:

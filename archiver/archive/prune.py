@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, f
 
 from archiver.archive.models import ACTIVE, rejects_table, runs_table, sessions_table, versions_table
 from archiver.errors import InputError
+from archiver.progress import Progress
 from archiver.vocabulary import PRUNE_BATCH
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ SESSIONS = Target("sessions", sessions_table, _ended_before, ("account_id", "ses
 
 def prune(
     engine: Engine, cutoff: datetime, *, include_sessions: bool = False, batch_size: int = PRUNE_BATCH,
-    dry_run: bool = False,
+    dry_run: bool = False, progress: Progress | None = None,
 ) -> dict[str, int]:
-    """Delete (or with ``dry_run`` count) what is older than ``cutoff``; return counts by kind."""
+    """Delete (or with ``dry_run`` count) what is older than ``cutoff``; return counts by kind.
+    ``progress`` is shown the rows deleted so far as the batches go."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     targets = [*HISTORY, SESSIONS] if include_sessions else list(HISTORY)
@@ -65,7 +67,9 @@ def prune(
             with engine.connect() as conn:
                 counts[target.name] = _count(conn, target, cutoff)
         else:
-            counts[target.name] = _delete_in_batches(engine, target, cutoff, batch_size)
+            counts[target.name] = _delete_in_batches(engine, target, cutoff, batch_size, progress, sum(counts.values()))
+    if progress is not None:
+        progress.finish()
     return counts
 
 
@@ -73,7 +77,9 @@ def _count(conn: Connection, target: Target, cutoff: datetime) -> int:
     return int(conn.scalar(select(func.count()).select_from(target.table).where(target.old(cutoff))) or 0)
 
 
-def _delete_in_batches(engine: Engine, target: Target, cutoff: datetime, batch_size: int) -> int:
+def _delete_in_batches(engine: Engine, target: Target, cutoff: datetime, batch_size: int, progress: Progress | None,
+                       earlier: int) -> int:
+    """Delete the target's old rows batch by batch; ``earlier``: rows other targets lost before."""
     deleted = 0
     while True:
         with engine.begin() as conn:
@@ -81,6 +87,9 @@ def _delete_in_batches(engine: Engine, target: Target, cutoff: datetime, batch_s
         deleted += n
         if n:
             log.debug("pruned %d %s (%d so far)", n, target.name, deleted)
+            if progress is not None:
+                progress.show(f"pruning {target.name}: {deleted:,} deleted ({earlier + deleted:,} rows in all)",
+                              {"rows": target.name, "deleted": deleted, "deleted_in_all": earlier + deleted})
         if n < batch_size:
             return deleted
 

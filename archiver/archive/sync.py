@@ -120,6 +120,29 @@ class Claim:
 
 
 @dataclass
+class CycleProgress:
+    """How far the account's latest cycle has got: pages and sessions listed, details it set out
+    to fetch and how many of them are answered (for `archiver sync`'s progress line)."""
+
+    pages: int = 0
+    listed: int = 0
+    details: int = 0
+    answered: int = 0
+    # The ids listed so far, while the listing goes on (consecutive pages overlap: objects are not
+    # sessions). The strings are the decoded objects' own: references, not copies.
+    ids: set[Any] = field(default_factory=set)
+
+    def page(self, number: int, items: Sequence[Any]) -> None:
+        self.pages = number
+        self.ids.update(item.get("sessionId") for item in items if isinstance(item, dict))
+        self.ids.discard(None)
+        self.listed = len(self.ids)
+
+    def listing_over(self) -> None:
+        self.ids = set()  # the count stays; the listing's strings are let go
+
+
+@dataclass
 class AccountState:
     """What the cycles of one account share in a process (the runner keeps it from cycle to cycle).
 
@@ -138,6 +161,7 @@ class AccountState:
     # loop). A slow database then holds up its own account only, and the work of the account's
     # cycles never interleaves, as it never did on the loop.
     db: Executor | None = None
+    progress: CycleProgress = field(default_factory=CycleProgress)
 
     def claim(self, run_id: int, rows: Iterable[SessionRow]) -> None:
         for row in rows:
@@ -304,9 +328,11 @@ class _Cycle:
         self.account_id = api.account_id
         self.seen: set[str] = set()
         self.ledger = Ledger(self.account_id, options.worker, api.stats, state.learner, clock)
+        self.progress = CycleProgress()
 
     async def run(self) -> CycleResult:
         started = time.perf_counter()
+        self.state.progress = self.progress  # the account's progress is its latest cycle's
         opened_at = self.clock()
         listing = self.api.listing()
         # The first page is asked for before the ledger row is written, so that the server
@@ -325,6 +351,7 @@ class _Cycle:
                 try:
                     due = await self._list(listing)
                 finally:
+                    self.progress.listing_over()
                     if self.on_listed is not None:
                         self.on_listed(self.ledger.pages, self.ledger.listing_complete)
                 if self.ledger.pages and not self.listing_failed:
@@ -392,6 +419,7 @@ class _Cycle:
             async with aclosing(aiter(listing)) as pages:
                 async for items in pages:
                     self.ledger.pages = listing.pages
+                    self.progress.page(listing.pages, items)
                     if not pending:
                         seen_at = self.clock()
                     pending.extend(items)
@@ -571,11 +599,13 @@ class _Cycle:
         try:
             batch: list[DetailResult] = [(row, WAIVED, None) for row in due if not self._worth_fetching(row)]
             tasks = [asyncio.create_task(self._fetch(row)) for row in due if self._worth_fetching(row)]
+            self.progress.details = len(tasks)
             oldest = time.monotonic()
             still_owed = 0
             try:
                 for next_done in asyncio.as_completed(tasks):
                     batch.append(await next_done)
+                    self.progress.answered += 1
                     if len(batch) == 1:
                         oldest = time.monotonic()
                     if len(batch) >= DETAIL_WRITE_BATCH or time.monotonic() - oldest >= DETAIL_WRITE_SECONDS:

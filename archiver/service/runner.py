@@ -37,6 +37,7 @@ from archiver.archive.detailmode import learner_for
 from archiver.archive.sync import AccountState, Clock, CycleOptions, CycleResult, run_cycle, utcnow
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError, LeaseLostError, first_line
+from archiver.progress import Progress, duration
 from archiver.service import locks
 from archiver.service.cadence import Cadence, planned
 from archiver.service.metrics import Metrics, MetricsServer
@@ -104,21 +105,54 @@ class Runner:
 
     # -- the two modes ------------------------------------------------------------------------
 
-    async def sync_once(self) -> list[CycleResult]:
+    async def sync_once(self, progress: Progress | None = None) -> list[CycleResult]:
         """One cycle for every account, concurrently; an account another live worker holds is
-        skipped. On a signal, running cycles finish within the grace period (see _finish_running)."""
+        skipped. On a signal, running cycles finish within the grace period (see _finish_running).
+        ``progress`` is told, as the cycles go, how far they have got."""
         async with self._running():
             tasks = [asyncio.create_task(self._one_cycle(account)) for account in self.accounts]
             everything = asyncio.gather(*tasks, return_exceptions=True)
             stop = asyncio.create_task(self.stopping.wait())
+            reporting = asyncio.create_task(self._report_progress(progress)) if progress is not None else None
             waiting: set[asyncio.Future[Any]] = {everything, stop}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            await asyncio.gather(stop, return_exceptions=True)
-            if self.stopping.is_set():
-                await self._finish_running()
-            outcomes = await everything
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
+                if self.stopping.is_set():
+                    await self._finish_running()
+                outcomes = await everything
+            finally:
+                if reporting is not None:
+                    reporting.cancel()
+                    await asyncio.gather(reporting, return_exceptions=True)
+                    assert progress is not None
+                    progress.finish()
         return [self._result_of(account, outcome) for account, outcome in zip(self.accounts, outcomes, strict=True)]
+
+    async def _report_progress(self, progress: Progress) -> None:
+        while True:
+            await asyncio.sleep(min(progress.every, 1.0))
+            if progress.due():
+                progress.show(*self._progress_line())
+
+    def _progress_line(self) -> tuple[str, dict[str, Any]]:
+        """Where the cycles stand: pages and sessions listed, details fetched and still owed, and
+        about how long the rate budget needs for the rest."""
+        states = [self.states[account].progress for account in self.accounts if account in self.states]
+        pages, listed = sum(p.pages for p in states), sum(p.listed for p in states)
+        fetched = sum(p.answered for p in states)
+        owed = sum(p.details - p.answered for p in states)
+        left = self.requests.seconds_for(owed)
+        whose = f"{len(self.accounts)} accounts: " if len(self.accounts) > 1 else ""
+        text = f"{whose}listed {pages:,} page{'' if pages == 1 else 's'}, {listed:,} sessions"
+        if fetched or owed:
+            text += f"; details: {fetched:,} fetched, {owed:,} owed"
+        if owed:
+            text += f" (about {duration(left)} at the rate budget)"
+        facts = {"pages": pages, "listed": listed, "details_fetched": fetched, "details_owed": owed,
+                 "seconds_left": round(left, 1)}
+        return text, facts
 
     async def serve(self) -> int:
         """Poll every account on its schedule until SIGTERM/SIGINT or :meth:`stop`; the exit code.
@@ -558,6 +592,7 @@ def _handle_signals(loop: asyncio.AbstractEventLoop, handler: object) -> Iterabl
     return handled
 
 
-async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow) -> list[CycleResult]:
+async def sync_accounts(settings: Settings, engine: Engine, *, clock: Clock = utcnow,
+                        progress: Progress | None = None) -> list[CycleResult]:
     """One cycle for every configured account (what `archiver sync` runs)."""
-    return await Runner(settings, engine, clock=clock).sync_once()
+    return await Runner(settings, engine, clock=clock).sync_once(progress)
