@@ -98,6 +98,8 @@ CYCLE_COUNTERS = (
 STORED_COUNTERS = tuple(counter.name for counter in CYCLE_COUNTERS if counter.stored)
 
 STATUSES = tuple(status.value for status in Status)
+# The statuses of sessions whose end is not known yet; the archive's other sessions only grow.
+OPEN_STATUSES = (Status.ACTIVE, Status.VANISHED)
 # Most urgent first; a final state asked again (AGAIN_RANK) ranks between the first asks for final
 # states and the rest: a vanished session's retry must not wait behind new sessions' details.
 DETAIL_PRIORITY = {Due.VANISHED: 0, Due.CLOSING: 1, Due.CHANGED: 3, Due.NEW: 4}

@@ -198,7 +198,7 @@ def test_metrics_and_healthz(tmp_path: Path, service_factory: Any) -> None:
         account = emulator.account_ids[0]
         assert healthy.status_code == 200
         assert f'archiver_cycles_total{{account="{account}",outcome="ok"}}' in metrics
-        assert f'archiver_sessions{{account="{account}",status="active"}} 4.0' in metrics
+        assert f'archiver_open_sessions{{account="{account}",status="active"}} 4.0' in metrics
         assert 'archiver_api_requests_total{status="200"}' in metrics
         assert "archiver_cycle_duration_seconds_bucket" in metrics
         assert f'archiver_last_success_timestamp_seconds{{account="{account}"}}' in metrics

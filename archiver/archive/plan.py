@@ -27,6 +27,8 @@ from archiver.vocabulary import Source
 
 # The count of closes learned in a cycle, by the reason's documented name: "closed:BrowserIdle".
 CLOSED_PREFIX = "closed:"
+# How many sessions a cycle moved into (positive) or out of (negative) a status: "status:active".
+STATUS_PREFIX = "status:"
 # A listed object, the id it is listed under (None if it gives no usable one) and its digest.
 Hashed = tuple[Any, str | None, str | None]
 Parsed = list[tuple[SessionRecord, str | None]]
@@ -46,10 +48,15 @@ class Plan:
     counts: Counter[str] = field(default_factory=Counter)
 
     def add(self, step: lifecycle.Transition, before: SessionRow | None = None) -> None:
-        """A transition's row and version; a close whose reason is known for the first time
-        (``before``: the row as it was) is counted under the reason's documented name."""
+        """A transition's row and version (``before``: the row as it was, None for a new
+        session). A close whose reason is known for the first time is counted under the reason's
+        documented name, and a move from one status to another in the two statuses' counts."""
         if step.row is not None:
             self.rows.append(step.row)
+            if before is None or before["status"] != step.row["status"]:
+                self.counts[STATUS_PREFIX + step.row["status"]] += 1
+                if before is not None:
+                    self.counts[STATUS_PREFIX + before["status"]] -= 1
             if _closed_with_reason(step.row) and not (before is not None and _closed_with_reason(before)):
                 self.counts[CLOSED_PREFIX + (reasons.name(step.row["close_reason"]) or "")] += 1
         if step.version is not None:
@@ -137,7 +144,7 @@ def plan_moved(moved: Parsed, known: Mapping[str, SessionRow], context: Context,
 def plan_vanished(rows: Iterable[SessionRow], context: Context, at: datetime, plan: Plan) -> None:
     """The active sessions a complete listing no longer holds: vanished, a detail owed."""
     for row in rows:
-        plan.add(lifecycle.observe_vanished(row, at=at, run_id=context.run_id))
+        plan.add(lifecycle.observe_vanished(row, at=at, run_id=context.run_id), row)
         plan.counts["vanished"] += 1
 
 

@@ -21,7 +21,7 @@ from archiver.archive.records import STATE_FIELDS
 from archiver.archive.rows import SessionRow, StoredState
 from archiver.archive.storable import bounded_text, json_bytes
 from archiver.errors import ConfigError
-from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, Outcome
+from archiver.vocabulary import AGAIN_RANK, DETAIL_PRIORITY, FINAL_STATE_DUES, OPEN_STATUSES, Outcome
 
 BATCH_SIZE = 500
 SESSION_KEY = ("account_id", "session_id")
@@ -316,14 +316,15 @@ def requests_since(
     return [(when, int(count)) for when, count, worker in conn.execute(stmt) if worker not in except_workers]
 
 
-def count_by_status(conn: Connection, account_id: str) -> dict[str, int]:
-    """The account's archived sessions, counted by status."""
+def count_open(conn: Connection, account_id: str) -> dict[str, int]:
+    """The account's sessions not yet ended (active, vanished), counted by status: a range of the
+    (account_id, status) index, as long as the sessions open now, whatever the archive's size."""
     stmt = (
         select(sessions_table.c.status, func.count())
-        .where(sessions_table.c.account_id == account_id)
+        .where(sessions_table.c.account_id == account_id, sessions_table.c.status.in_(OPEN_STATUSES))
         .group_by(sessions_table.c.status)
     )
-    return {status: count for status, count in conn.execute(stmt)}
+    return {**dict.fromkeys(OPEN_STATUSES, 0), **{status: count for status, count in conn.execute(stmt)}}
 
 
 def count_due_for_detail(conn: Connection, account_id: str) -> int:

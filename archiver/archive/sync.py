@@ -30,7 +30,7 @@ from archiver.archive import lifecycle, store
 from archiver.archive import plan as plans
 from archiver.archive.detailmode import DetailLearner, DetailMode, detail_adds
 from archiver.archive.models import ACTIVE
-from archiver.archive.plan import Plan
+from archiver.archive.plan import STATUS_PREFIX, Plan
 from archiver.archive.records import listing_hash, parse_session
 from archiver.archive.rows import SessionRow
 from archiver.config import Settings
@@ -162,6 +162,16 @@ class AccountState:
     # cycles never interleaves, as it never did on the loop.
     db: Executor | None = None
     progress: CycleProgress = field(default_factory=CycleProgress)
+    # The account's sessions not yet ended, by status, once counted (None before): every commit of
+    # the account's cycles adds the moves it made into and out of those statuses. Commits and the
+    # count run one after another on the account's database thread, so none is counted twice.
+    open_sessions: dict[str, int] | None = None
+
+    def committed(self, counts: Mapping[str, int]) -> None:
+        """A transaction of the account's committed with these plan ``counts``."""
+        if self.open_sessions is not None:
+            for status in self.open_sessions:
+                self.open_sessions[status] += counts.get(STATUS_PREFIX + status, 0)
 
     def claim(self, run_id: int, rows: Iterable[SessionRow]) -> None:
         for row in rows:
@@ -329,6 +339,7 @@ class _Cycle:
         self.seen: set[str] = set()
         self.ledger = Ledger(self.account_id, options.worker, api.stats, state.learner, clock)
         self.progress = CycleProgress()
+        self.uncommitted: Counter[str] = Counter()  # what the plans of the open transaction counted
 
     async def run(self) -> CycleResult:
         started = time.perf_counter()
@@ -396,10 +407,14 @@ class _Cycle:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        """A transaction of the cycle's; what the plans applied in it counted is told to the
+        account's state once (and only if) it commits."""
+        self.uncommitted = Counter()
         with self.engine.begin() as conn:
             if self.fence is not None:
                 self.fence(conn)
             yield conn
+        self.state.committed(self.uncommitted)
 
     def _open_run(self, now: datetime, running: frozenset[int]) -> None:
         try:
@@ -548,6 +563,7 @@ class _Cycle:
         """Write a plan, and count what it counted into the ledger."""
         store.apply_plan(conn, plan, self.account_id, at, self.ledger.run_id)
         self.ledger.counts.update(plan.counts)
+        self.uncommitted.update(plan.counts)
 
     def _context(self) -> plans.Context:
         return plans.Context(self.account_id, self.ledger.run_id, self.options.keep_url_tokens, self.learner.wants_detail)

@@ -7,6 +7,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,6 +31,7 @@ from archiver.api.cloudflare import RequestStats
 from archiver.archive.plan import CLOSED_PREFIX
 from archiver.archive.sync import CycleResult
 from archiver.errors import ConfigError
+from archiver.vocabulary import OPEN_STATUSES
 
 log = logging.getLogger(__name__)
 # The `_created` series of every counter and histogram only say when the process started, once per
@@ -60,7 +62,10 @@ class Metrics:
             "archiver_cycle_duration_seconds", "Wall time of one poll cycle.", ["account"], registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        self.sessions = Gauge("archiver_sessions", "Archived sessions by status.", ["account", "status"], registry=r)
+        self.open_sessions = Gauge(
+            "archiver_open_sessions", "Sessions of the account not yet ended, by status (active, vanished).", ["account", "status"],
+            registry=r,
+        )
         self.requests = Counter("archiver_api_requests", "Cloudflare API requests by HTTP status (0: no answer).", ["status"], registry=r)
         self.retries = Counter("archiver_api_retries", "Cloudflare API requests retried.", registry=r)
         self.throttled = Counter("archiver_api_throttled", "HTTP 429 answers from Cloudflare.", registry=r)
@@ -121,9 +126,16 @@ class Metrics:
         self.last_success[account] = now
         self.last_success_time.labels(account).set(now)
 
-    def record_sessions(self, account_id: str, counts: Mapping[str, int]) -> None:
+    def count_open(self, account_id: str, counts: Mapping[str, int]) -> None:
+        """The account's open sessions, by status."""
         for status, count in counts.items():
-            self.sessions.labels(account_id, status).set(count)
+            self.open_sessions.labels(account_id, status).set(count)
+
+    def forget_open(self, account_id: str) -> None:
+        """Another worker polls the account: its figures are that worker's to give."""
+        for status in OPEN_STATUSES:
+            with suppress(KeyError):
+                self.open_sessions.remove(account_id, status)
 
     def record_interval(self, account_id: str, seconds: float) -> None:
         self.intervals[account_id] = seconds

@@ -54,7 +54,6 @@ T = TypeVar("T")
 # (and replicas) drift apart so their polls do not beat in step, and no gap exceeds the promise.
 JITTER_SHARE = 0.1
 RESCHEDULE_THRESHOLD = 0.1  # change the jobs' gap only when it moves by more than this share
-SESSION_GAUGE_SECONDS = 60.0  # counting every status is not free on a large archive
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A cycle still running this long after its deadline (a share of it, plus seconds) is stuck: closing
 # its ledger row takes a moment, so its database work hangs.
@@ -101,7 +100,6 @@ class Runner:
         self.client: CloudflareClient | None = None
         self.gap = self.cadence.gap()
         self._signals = 0
-        self._gauge_refreshed: dict[str, float] = {}
 
     # -- the two modes ------------------------------------------------------------------------
 
@@ -291,6 +289,7 @@ class Runner:
                 )
             except LeaseLostError:
                 self.held.discard(account_id)
+                self._forget_open(account_id)
                 raise
             self.metrics.record_cycle(result, stats)
             return result
@@ -360,6 +359,7 @@ class Runner:
                 log.error("account %s: lease lost to another worker", account_id)
                 self.held.discard(account_id)
                 self.held_elsewhere.add(account_id)
+                self._forget_open(account_id)
                 for task in self.cycles[account_id]:
                     task.cancel()
             self._share_budget()
@@ -511,8 +511,9 @@ class Runner:
             self.overdue.add(account_id)
             return
         try:
-            self._judge_credentials(await self._one_cycle(account_id))
-            await self._refresh_session_gauge(account_id)
+            result = await self._one_cycle(account_id)
+            self._judge_credentials(result)
+            await self._follow_open_sessions(result)
         except asyncio.CancelledError:
             why = "by shutdown" if self.stopping.is_set() else "as its lease was lost"
             log.warning("account %s: cycle cancelled %s; its open transaction was rolled back", account_id, why)
@@ -525,25 +526,36 @@ class Runner:
             self.metrics.cycles.labels(account_id, Outcome.FAILED).inc()
             log.exception("account %s: cycle failed unexpectedly", account_id)
 
-    async def _refresh_session_gauge(self, account_id: str) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._gauge_refreshed.get(account_id, -SESSION_GAUGE_SECONDS) < SESSION_GAUGE_SECONDS:
+    async def _follow_open_sessions(self, result: CycleResult) -> None:
+        """The open-sessions gauge, from the account's state: counted once (a range of an index,
+        as long as the sessions open now, whatever the archive's size), then kept by every commit
+        of the account's cycles (AccountState.committed), at no cost as the archive grows."""
+        account_id = result.account_id
+        state = self.states.get(account_id)
+        if state is None:
             return
-        self._gauge_refreshed[account_id] = now
-        try:
-            # The count reads every archived session of the account, so it grows with the archive:
-            # it runs in a worker thread, leaving the event loop (other accounts' cycles, the lease
-            # heartbeat) free meanwhile.
-            counts = await self._on_shared_db(self._count_sessions, account_id)
-        except SQLAlchemyError as exc:
-            self._gauge_refreshed.pop(account_id, None)  # try again after the next cycle
-            log.warning("account %s: cannot count sessions: %s", account_id, first_line(exc))
+        if result.outcome == Outcome.SKIPPED:
+            self._forget_open(account_id)  # another worker polls it: its figures are that worker's
             return
-        self.metrics.record_sessions(account_id, counts)
+        if state.open_sessions is None:
+            try:
+                await self._on_db(state, self._count_open, state, account_id)
+            except SQLAlchemyError as exc:
+                log.warning("account %s: cannot count open sessions: %s", account_id, first_line(exc))
+                return
+        if state.open_sessions is not None:
+            self.metrics.count_open(account_id, state.open_sessions)
 
-    def _count_sessions(self, account_id: str) -> dict[str, int]:
+    def _count_open(self, state: AccountState, account_id: str) -> None:
+        """On the account's database thread, between its cycles' commits."""
         with self.engine.connect() as conn:
-            return store.count_by_status(conn, account_id)
+            state.open_sessions = store.count_open(conn, account_id)
+
+    def _forget_open(self, account_id: str) -> None:
+        state = self.states.get(account_id)
+        if state is not None:
+            state.open_sessions = None
+        self.metrics.forget_open(account_id)
 
     def _share_budget(self) -> None:
         """This process's part of the token's budget. Replicas split it by the accounts each holds
