@@ -157,12 +157,7 @@ def _settle() -> list[str]:
     lines = []
     for choice in choices:
         if choice.start is not None:
-            run = _the_run()
-            try:
-                choice.url, what = choice.start(run)
-            except BaseException:
-                run.close()
-                raise
+            choice.url, what = _start(choice.name, choice.start)
             choice.why = f"{what}, {choice.why}"
         if choice.skip:
             os.environ[MYSQL_SKIPPED_ENV] = choice.skip
@@ -172,6 +167,19 @@ def _settle() -> list[str]:
             os.environ[choice.env] = choice.url
             lines.append(f"databases: {choice.name} {choice.why}")
     return lines
+
+
+def _start(name: str, start: Callable[[Run], tuple[str, str]]) -> tuple[str, str]:
+    """A throwaway server's URL and what the start line says of it; if it fails, the run's servers are stopped."""
+    try:
+        run = _the_run()
+        try:
+            return start(run)
+        except BaseException:
+            run.close()
+            raise
+    except OSError as error:  # a directory, a file or a program the setup needs: said in one line too
+        raise DatabaseSetupError(f"the throwaway {name} could not be set up: {error}") from None
 
 
 def _choose_postgres() -> Choice:
@@ -280,7 +288,8 @@ class Run:
     """The temporary directory of this run's throwaway servers, and the servers, stopped with it."""
 
     directory: Path
-    account: pwd.struct_passwd | None  # whom the servers run as, None for this process's own user
+    account: pwd.struct_passwd | None  # the user the servers run as, None for this process's own
+    prefix: tuple[str, ...] = ()  # or the command they run under (see _server_identity)
     servers: list[Server] = field(default_factory=list)
 
     def subdirectory(self, name: str) -> Path:
@@ -309,12 +318,12 @@ _run: Run | None = None
 def _the_run() -> Run:
     global _run
     if _run is None:
-        account = _server_account()
+        account, prefix = _server_identity()
         parent = _run_parent(account)
         _remove_stale_run_directories(parent)
         directory = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=parent))
         (directory / "owner").write_text(str(os.getpid()))
-        _run = Run(directory, account)
+        _run = Run(directory, account, prefix)
         _run.give(directory)
         atexit.register(_run.close)  # an interrupted run that never reaches pytest_unconfigure
     return _run
@@ -347,15 +356,34 @@ def _run_parent(account: pwd.struct_passwd | None) -> Path:
                              f"set TMPDIR to a directory that others may enter")
 
 
-def _server_account() -> pwd.struct_passwd | None:
-    """Whom to run the servers as: as root, the unprivileged nobody (PostgreSQL refuses to run as root)."""
+def _server_identity() -> tuple[pwd.struct_passwd | None, tuple[str, ...]]:
+    """Whom the servers run as, as PostgreSQL refuses to run as root: this process's own user where it is not
+    root; else the unprivileged nobody; else, where nobody is not to be had (as in a user namespace made by
+    ``unshare -r``, whose only user is root), a user of a user namespace of their own, made by unshare."""
     if os.geteuid() != 0:
-        return None
+        return None, ()
     try:
-        return pwd.getpwnam("nobody")
+        nobody: pwd.struct_passwd | None = pwd.getpwnam("nobody")
     except KeyError:
-        raise DatabaseSetupError("running as root, the throwaway database servers need the unprivileged account "
-                                 "nobody, which this machine does not have") from None
+        nobody = None
+    if nobody is not None and _mapped("uid", nobody.pw_uid) and _mapped("gid", nobody.pw_gid):
+        return nobody, ()
+    unshare = shutil.which("unshare", path=os.pathsep.join([os.environ.get("PATH", ""), *MARIADB_SEARCH]))
+    if unshare is None:
+        raise DatabaseSetupError("running as root, the throwaway database servers must run as another user, as PostgreSQL "
+                                 "refuses root; but this user namespace has no user nobody, and no unshare (util-linux) "
+                                 "is installed to make one")
+    return None, (unshare, "--map-user=65534", "--map-group=65534")
+
+
+def _mapped(kind: str, number: int) -> bool:
+    """Whether this process's user namespace has the user or group ``number``: a root can become only those."""
+    try:
+        ranges = Path(f"/proc/self/{kind}_map").read_text().split("\n")
+    except OSError:
+        return True  # no user namespaces here: every id is
+    return any(int(first) <= number < int(first) + int(count)
+               for first, _, count in (line.split() for line in ranges if line.strip()))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -382,7 +410,7 @@ def _spawn(run: Run, argv: list[str | Path], log: Path) -> subprocess.Popen[byte
     account = {} if run.account is None else {"user": run.account.pw_uid, "group": run.account.pw_gid, "extra_groups": []}
     environment = {**os.environ, "TMPDIR": str(log.parent)}
     with log.open("ab") as out:
-        return subprocess.Popen([str(arg) for arg in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen([*run.prefix, *map(str, argv)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=log.parent, env=environment, start_new_session=True,
                                 preexec_fn=_die_with_parent(os.getpid()), **account)  # type: ignore[call-overload]
 

@@ -33,18 +33,17 @@ FAST_S = 20
 
 @pytest.fixture(scope="module")
 def netns() -> list[str]:
-    """The command prefix that runs a command in a network namespace of its own, its loopback up."""
+    """The command prefix that runs a command in a network namespace of its own, its loopback up: as
+    this user where it is root, else as the root of a user namespace, which is allowed to make one."""
+    return namespaces(user_namespace=os.geteuid() != 0)
+
+
+def namespaces(user_namespace: bool) -> list[str]:
     ip = shutil.which("ip", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     unshare = shutil.which("unshare")
     if ip is None or unshare is None:
         return _cannot("unshare and ip are not both installed (util-linux, iproute2)")
-    if os.geteuid() == 0:
-        prefix = [unshare, "--net", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
-    else:
-        # A user namespace grants the right to make the network one; inside it, a second one maps this
-        # user back to its own uid, as PostgreSQL refuses to run as root, even a namespace's.
-        inner = f'{ip} link set lo up && exec {unshare} --map-user={os.getuid()} --map-group={os.getgid()} "$@"'
-        prefix = [unshare, "--map-root-user", "--net", "sh", "-c", inner, "sh"]
+    prefix = [unshare, *(["--map-root-user"] if user_namespace else []), "--net", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
     done = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         return _cannot(f"no network namespace can be made here ({done.stderr.strip()})")
@@ -87,8 +86,13 @@ def assert_no_server_left(temp: Path) -> None:
         assert str(temp) not in arguments, f"a server outlived the run: {arguments!r}"
 
 
-def test_where_no_server_answers_the_run_starts_throwaway_ones_and_removes_them(netns: list[str], temp: Path) -> None:
-    done, _ = run_fresh(netns, temp, *SUBSET)
+# Run as root, the servers run as nobody; as the root of a user namespace (unshare -r), which has no nobody,
+# as a user of a user namespace nested in it.
+@pytest.mark.parametrize("user_namespace", [False, True], ids=["as-root", "as-root-of-a-user-namespace"])
+def test_where_no_server_answers_the_run_starts_throwaway_ones_and_removes_them(user_namespace: bool, temp: Path) -> None:
+    if not user_namespace and os.geteuid() != 0:
+        pytest.skip("only root makes a network namespace without a user namespace")
+    done, _ = run_fresh(namespaces(user_namespace), temp, *SUBSET)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert re.search(r"^databases: PostgreSQL \d+ throwaway \(pgserver [\d.]+\) at 127\.0\.0\.1:\d+, as nothing answers at "
