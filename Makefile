@@ -10,7 +10,8 @@ demo: $(VENV)/.installed
 
 # Four workers on any machine: most tests wait on sockets, subprocesses and databases, not on a
 # core. A file's tests stay on one worker, in order: the service and soak tests of one file never
-# compete with each other for the machine.
+# compete with each other for the machine. Where no PostgreSQL or MariaDB answers, the tests start
+# throwaway ones for the run (tests/databases.py); the first lines of the run say which servers.
 test: check
 	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 

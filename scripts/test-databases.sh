@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Ensure the PostgreSQL and MariaDB servers the tests use are reachable, starting local ones if
 # they are installed but stopped. Exits non-zero, naming the server, if one cannot be reached.
+# CI runs it; `make test` does not need it, as it starts throwaway servers where none answers
+# (tests/databases.py), but then tests against pgserver's PostgreSQL rather than this machine's.
 set -uo pipefail
 
 PG_HOST=127.0.0.1 PG_PORT=5432 MY_HOST=127.0.0.1 MY_PORT=3306

@@ -1,7 +1,9 @@
 """Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB), each test in its own schema.
 
-PostgreSQL and MariaDB URLs come from ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL, with
-this machine's local servers as defaults. An unreachable server is an error, never a skip.
+The PostgreSQL and MariaDB servers are settled once per run by tests/databases.py: the ones
+ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL name, else this machine's local ones, else
+throwaway servers started for the run. A server that is named but does not answer stops the run;
+only MariaDB's tests may be skipped, where its server binaries are absent (see that module).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from sqlalchemy.engine import make_url
 
 from archiver.archive import migrate
 from archiver.archive.store import make_engine
+from tests import databases
+from tests.databases import (  # noqa: F401  the hooks that settle the servers, once per run
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
-POSTGRES_URL = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-MYSQL_URL = os.environ.get("ARCHIVER_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 # Property tests that set no example count of their own take it from the profile: moderate by
@@ -33,10 +40,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 def _fresh_postgres() -> Iterator[str]:
     schema = f"archiver_test_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    server_url = databases.postgres_url()
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    url = make_url(server_url).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
@@ -47,11 +55,12 @@ def _fresh_postgres() -> Iterator[str]:
 
 def _fresh_mariadb() -> Iterator[str]:
     database = f"archiver_test_{secrets.token_hex(4)}"
-    admin = create_engine(MYSQL_URL)
+    server_url = databases.mariadb_url()  # skips the test where the run has no MariaDB
+    admin = create_engine(server_url)
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4"))
     try:
-        yield make_url(MYSQL_URL).set(database=database).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=database).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE `{database}`"))
