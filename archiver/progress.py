@@ -6,7 +6,7 @@ one adds nothing.
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -56,10 +56,20 @@ class Progress:
             return
         if text == self.last and self.shown:
             return
-        width = shutil.get_terminal_size((100, 24)).columns - 1
-        self.terminal.write("\r\x1b[2K" + (text if len(text) <= width else text[: width - 1] + "…"))
+        width = self._width()
+        self.terminal.write("\r\x1b[2K" + (text if len(text) < width else text[: width - 2] + "…"))
         self.terminal.flush()
         self.shown, self.last = True, text
+
+    def _width(self) -> int:
+        """The terminal's width: a line longer than that would wrap, and "\r" would not go back
+        to its start."""
+        assert self.terminal is not None
+        try:
+            columns = os.get_terminal_size(self.terminal.fileno()).columns
+        except (AttributeError, OSError, ValueError):  # not a terminal (a test's buffer): no limit
+            return sys.maxsize
+        return columns if columns > 0 else sys.maxsize  # a terminal that does not say its size
 
     def finish(self) -> None:
         if self.terminal is not None and self.shown:

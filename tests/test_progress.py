@@ -4,14 +4,17 @@ export and a prune show as they go."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import json
 import logging
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -185,3 +188,17 @@ def test_a_short_sync_off_a_terminal_logs_no_progress(engine: Engine, caplog: py
         asyncio.run(sync_accounts(sync_settings(emulator, server, engine), engine, progress=Progress(None)))
         assert time.monotonic() - started < 10
     assert caplog.records == []
+
+
+def test_a_line_longer_than_the_terminal_is_cut_to_its_width() -> None:
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 20, 0, 0))
+        with os.fdopen(follower, "w", closefd=False) as terminal:
+            progress = Progress(terminal, every=0.0)
+            progress.show("listed 3 pages, 450 sessions")
+        shown = os.read(leader, 1024).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert shown == f"{CLEAR}listed 3 pages, 45…"  # 19 columns: the cursor never wraps to a new line
