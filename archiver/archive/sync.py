@@ -130,12 +130,11 @@ class CycleProgress:
     answered: int = 0
     # The ids listed so far, while the listing goes on (consecutive pages overlap: objects are not
     # sessions). The strings are the decoded objects' own: references, not copies.
-    ids: set[Any] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)
 
     def page(self, number: int, items: Sequence[Any]) -> None:
         self.pages = number
-        self.ids.update(item.get("sessionId") for item in items if isinstance(item, dict))
-        self.ids.discard(None)
+        self.ids.update(sid for item in items if isinstance(item, dict) and isinstance(sid := item.get("sessionId"), str))
         self.listed = len(self.ids)
 
     def listing_over(self) -> None:
