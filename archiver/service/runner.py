@@ -121,10 +121,9 @@ class Runner:
                     await self._finish_running()
                 outcomes = await everything
             finally:
-                if reporting is not None:
+                if reporting is not None and progress is not None:
                     reporting.cancel()
                     await asyncio.gather(reporting, return_exceptions=True)
-                    assert progress is not None
                     progress.finish()
         return [self._result_of(account, outcome) for account, outcome in zip(self.accounts, outcomes, strict=True)]
 
