@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -97,12 +98,20 @@ def test_a_cold_sync_shows_pages_listed_then_details_fetched_and_owed_with_the_t
     lines = [line for line in out.getvalue().split(CLEAR) if line]
     assert out.getvalue().endswith(CLEAR)  # cleared before the summary is printed
     listed = result.counts["listed"]
-    assert "listed 1 page, 200 sessions" in lines
-    assert f"listed 3 pages, {listed} sessions; details: 0 fetched, 20 owed (about 2 s at the rate budget)" in lines
-    owed = [line for line in lines if "owed (about" in line]
-    assert owed and owed[0].endswith("at the rate budget)")
-    fetched = [int(line.split("details: ")[1].split(" fetched")[0]) for line in lines if "details: " in line]
-    assert fetched == sorted(fetched) and fetched[-1] <= 20
+    listing = [re.fullmatch(r"listed (\d+) pages?, (\d+) sessions", line) for line in lines]
+    pages_and_sessions = [(int(m[1]), int(m[2])) for m in listing if m]
+    assert pages_and_sessions and pages_and_sessions == sorted(pages_and_sessions)  # shown as they grow
+    details = [re.fullmatch(rf"listed 3 pages, {listed} sessions; details: (\d+) fetched, (\d+) owed(.*)", line)
+               for line in lines]
+    fetched_and_owed = [(int(m[1]), int(m[2]), m[3]) for m in details if m]
+    assert fetched_and_owed, lines
+    assert all(fetched + owed == 20 for fetched, owed, _ in fetched_and_owed)
+    assert [fetched for fetched, _, _ in fetched_and_owed] == sorted(fetched for fetched, _, _ in fetched_and_owed)
+    # At 10 details a second, what is owed takes a tenth of a second each (shown in whole seconds).
+    for _fetched, owed, estimate in fetched_and_owed:
+        if owed:
+            seconds = re.fullmatch(r" \(about (\d+) s at the rate budget\)", estimate)
+            assert seconds and abs(int(seconds[1]) - owed / 10) <= 1, estimate
 
 
 def on_a_terminal(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -187,7 +196,7 @@ def test_a_short_sync_off_a_terminal_logs_no_progress(engine: Engine, caplog: py
         started = time.monotonic()
         asyncio.run(sync_accounts(sync_settings(emulator, server, engine), engine, progress=Progress(None)))
         assert time.monotonic() - started < 10
-    assert caplog.records == []
+    assert [record for record in caplog.records if record.name == "archiver.progress"] == []
 
 
 def test_a_line_longer_than_the_terminal_is_cut_to_its_width() -> None:

@@ -142,7 +142,7 @@ class Runner:
         owed = sum(p.details - p.answered for p in states)
         left = self.requests.seconds_for(owed)
         whose = f"{len(self.accounts)} accounts: " if len(self.accounts) > 1 else ""
-        text = f"{whose}listed {pages:,} page{'' if pages == 1 else 's'}, {listed:,} sessions"
+        text = f"{whose}listed {pages:,} page{'' if pages == 1 else 's'}, {listed:,} sessions" if pages else f"{whose}listing"
         if fetched or owed:
             text += f"; details: {fetched:,} fetched, {owed:,} owed"
         if owed:
