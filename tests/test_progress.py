@@ -148,11 +148,11 @@ def test_archiver_sync_shows_progress_on_a_terminal_and_not_in_a_pipe(tmp_path: 
         command = [sys.executable, "-m", "archiver", "sync", "--auto-migrate"]
         code, stdout, shown = on_a_terminal(command, env, tmp_path)
         assert code == 0, shown
-        assert f"{CLEAR}listed 1 page, 200 sessions" in shown
-        assert shown.rstrip("\r\n").endswith(CLEAR) or CLEAR in shown  # the line is cleared
+        assert re.search(rf"{re.escape(CLEAR)}listed \d+ pages?, \d+ sessions", shown), shown
+        assert shown.endswith(CLEAR), shown  # the line is cleared before the summary is printed
         assert "ok (run 1) listed 600" in stdout
         piped = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert piped.returncode == 0 and "\r" not in piped.stderr and "listed 1 page" not in piped.stderr
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "listed " not in piped.stderr
 
 
 def test_archiver_export_to_a_file_shows_rows_written_on_a_terminal(tmp_path: Path) -> None:
