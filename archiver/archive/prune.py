@@ -62,14 +62,16 @@ def prune(
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     targets = [*HISTORY, SESSIONS] if include_sessions else list(HISTORY)
     counts: dict[str, int] = {}
-    for target in targets:
-        if dry_run:
-            with engine.connect() as conn:
-                counts[target.name] = _count(conn, target, cutoff)
-        else:
-            counts[target.name] = _delete_in_batches(engine, target, cutoff, batch_size, progress, sum(counts.values()))
-    if progress is not None:
-        progress.finish()
+    try:
+        for target in targets:
+            if dry_run:
+                with engine.connect() as conn:
+                    counts[target.name] = _count(conn, target, cutoff)
+            else:
+                counts[target.name] = _delete_in_batches(engine, target, cutoff, batch_size, progress, sum(counts.values()))
+    finally:
+        if progress is not None:
+            progress.finish()
     return counts
 
 

@@ -6,6 +6,7 @@ Every function takes a connection; the caller (the poll cycle) decides transacti
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -230,16 +231,10 @@ def _upsert_statement(dialect: str, table: Table, columns: tuple[str, ...], key:
 
         my = mysql.insert(table)
         return my.on_duplicate_key_update({c: my.inserted[c] for c in columns})
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        pg = postgresql.insert(table)
-        return pg.on_conflict_do_update(index_elements=list(key), set_={c: pg.excluded[c] for c in columns})
-    if dialect == "sqlite":
-        from sqlalchemy.dialects import sqlite
-
-        lite = sqlite.insert(table)
-        return lite.on_conflict_do_update(index_elements=list(key), set_={c: lite.excluded[c] for c in columns})
+    if dialect in ("postgresql", "sqlite"):
+        native = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(table)
+        upsert: Executable = native.on_conflict_do_update(index_elements=list(key), set_={c: native.excluded[c] for c in columns})
+        return upsert
     raise ConfigError(f"ARCHIVER_DATABASE_URL: the {dialect} database is not supported")
 
 
