@@ -128,10 +128,27 @@ def measure(speed: float, scale: float, archiver_path: str | None = None, policy
         engine = create_engine(database_url)
         with engine.connect() as conn:
             rows = {r[0]: r for r in conn.execute(text(
-                "SELECT session_id, status, end_time, close_reason FROM browser_sessions"
+                "SELECT session_id, status, end_time, close_reason, detail_due, detail_attempts FROM browser_sessions"
             ))}
+            errors = Counter(str(r[0])[:200] for r in conn.execute(text("SELECT error FROM sync_runs WHERE error IS NOT NULL")))
         engine.dispose()
-    return _figures(truth, rows, log, first_ms, end_ms)
+    found = _figures(truth, rows, log, first_ms, end_ms)
+    found["diagnosis"] = _diagnosis(truth, rows, errors, err, end_ms)
+    return found
+
+
+def _diagnosis(truth: list[dict[str, Any]], rows: dict[str, Any], errors: Counter[str], stderr: str, end_ms: float) -> str:
+    """Where the closes that were missed stand in the archive, what the ledger and the service said:
+    printed when a target is missed, so that a bad run explains itself."""
+    missed = Counter(
+        "not archived" if row is None else f"{row[1]} (detail due: {row[4]}, asked {row[5]} times)"
+        for t in truth
+        if t["closedAtMs"] is not None and t["closedAtMs"] <= end_ms - RETENTION_S * 1000
+        and not _close_captured(row := rows.get(t["sessionId"]), t)
+    )
+    warnings = [line for line in stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    return (f"missed closes by where they stand: {dict(missed.most_common(6))}; ledger errors: {dict(errors.most_common(3))}; "
+            f"{len(warnings)} warning lines from the service, the last: {warnings[-3:]}")
 
 
 def _first_listing(remote: RemoteEmulator, service: subprocess.Popen[str]) -> float:
@@ -221,6 +238,9 @@ def run(options: Options) -> Outcome:
     outcome.add("the whole run", "429 answers", found["throttled"], "", target=0, decimals=0)
     outcome.add("the whole run", "longest gap between two listings (simulated)", found["longest_listing_gap_s"], "s",
                 target=INTERVAL_S, decimals=1)
+    if any(_share(b["closes_captured"], b["closes"]) < TARGET_CLOSES for b in found["buckets"].values()):
+        print(f"  closes missed: {found['diagnosis']}")
+        outcome.notes.append(f"Closes missed: {found['diagnosis']}")
     outcome.notes.append(
         f"`archiver run` (a real process, default settings scaled to the clock) archives one emulated account whose "
         f"clock runs {speed:g}x for {found['simulated_s']:.0f} simulated seconds: {__doc__.split(chr(10) + chr(10))[1]} "
