@@ -58,6 +58,7 @@ def exported_metric_names() -> set[str]:
     metrics.record_listing("a" * 32, 1, True)  # a second one: the gap between them
     counts = {"closed:BrowserIdle": 1, "gone": 1}
     metrics.record_cycle(CycleResult("a" * 32, 1, "ok", True, counts, 0.1), RequestStats(requests=1, by_status={200: 1}))
+    metrics.count_open("a" * 32, {"active": 3, "vanished": 1})  # the service counts them after the first cycle
     return set(re.findall(r"^([a-z_]+)[{ ]", metrics.exposition().decode(), re.M))
 
 
