@@ -57,8 +57,21 @@ def test_the_reserve_covers_every_listing_a_window_holds(count: int, pages: int)
     for account in cadence.accounts:
         cadence.record_listing(account, pages)
     most_listings_in_a_window = (int(WINDOW // cadence.gap()) + 1) * count * pages
-    assert cadence.reserve() >= min(most_listings_in_a_window, WINDOW / cadence.gap() * count * pages * 1.1 + pages)
+    wanted = min(most_listings_in_a_window, WINDOW / cadence.gap() * count * pages * 1.1 + pages)
+    assert cadence.reserve() >= min(wanted, LIMIT * MAX_LISTING_SHARE)
     assert cadence.reserve() < LIMIT  # details always keep a part
+
+
+@pytest.mark.parametrize(("count", "pages"), [(1, 53), (1, 80), (200, 1), (4, 40)], ids=["10k-sessions", "16k-sessions", "200x1", "4x40"])
+def test_listings_stretched_to_their_share_leave_details_the_rest_of_every_window(count: int, pages: int) -> None:
+    # An account of 10,000 open sessions lists 53 pages: on the default budget its listings are
+    # stretched to 80% of it, and the reserve with its margin and one more listing came to 317 of
+    # the 300 requests: no detail was ever granted, and no close reason learned.
+    cadence = planned(INTERVAL, FLOOR, LIMIT, WINDOW, accounts(count))
+    for account in cadence.accounts:
+        cadence.record_listing(account, pages)
+    assert cadence.stretched
+    assert LIMIT - cadence.reserve() >= LIMIT * (1 - MAX_LISTING_SHARE)
 
 
 def test_an_account_not_yet_listed_counts_as_one_page_and_empty_listings_keep_the_last_figure() -> None:

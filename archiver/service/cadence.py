@@ -72,9 +72,16 @@ class Cadence:
     def reserve(self) -> int:
         """Requests to keep free in every window for listing pages: what the listings of one
         window take at this gap, with a margin for retries, plus the largest listing once more
-        (a window may catch one more listing of an account than the average)."""
+        (a window may catch one more listing of an account than the average); but never more
+        than :data:`MAX_LISTING_SHARE` of the budget, so that details of vanished sessions always
+        keep a part of every window. (Without that bound, listings stretched to their full share
+        reserved more than all of it once the margin and one large listing were added: an account
+        of 10,000 sessions on the default budget could never fetch a detail.)"""
         largest = max((self.pages_of(account) for account in self.accounts), default=1)
-        return math.ceil(self.window / self.gap() * self.listing_pages * RESERVE_MARGIN) + largest
+        wanted = math.ceil(self.window / self.gap() * self.listing_pages * RESERVE_MARGIN) + largest
+        if self.limit is None:
+            return wanted
+        return min(wanted, max(1, math.floor(self.limit * MAX_LISTING_SHARE)))
 
 
 def planned(interval: float, floor: float, limit: int | None, window: float, accounts: Iterable[str]) -> Cadence:
