@@ -72,6 +72,9 @@ class Listing:
     stats: RequestStats
     page_size: int = PAGE_SIZE
     pages: int = 0
+    # Sessions the pages brought so far, counted page to page (a set of every id would cost a huge
+    # listing megabytes the cycle already spends on its own).
+    brought: int = 0
     complete: bool = False
     problem: str | None = None
     _first: asyncio.Future[list[Any]] | None = field(default=None, repr=False)
@@ -93,9 +96,6 @@ class Listing:
         # it (and the network carries it) while the caller stores this one.
         offset = 0
         previous_ids: set[Any] = set()
-        # Sessions the pages brought, counted page to page (a set of every id would cost a huge
-        # listing megabytes the cycle already spends on its own).
-        brought = 0
         fetch, self._first = self._first or asyncio.ensure_future(self._page(offset)), None
         try:
             while True:
@@ -103,16 +103,16 @@ class Listing:
                 self.pages += 1
                 # Only string ids tie pages together: an id may be any JSON value, even a list.
                 ids = {i.get("sessionId") for i in items if isinstance(i, dict) and isinstance(i.get("sessionId"), str)}
-                brought += len(ids - previous_ids)
+                self.brought += len(ids - previous_ids)
                 if offset and ids and ids == previous_ids:
                     # A server that ignores offset would otherwise be paged for ever.
                     self.problem = "the server answered the same page again (it ignores offset)"
                 elif offset and not ids & previous_ids:
                     self.problem = f"the list shifted by more than {PAGE_OVERLAP} items between pages"
-                elif self.pages > brought // (self.page_size - PAGE_OVERLAP) + 2:
+                elif self.pages > self.brought // (self.page_size - PAGE_OVERLAP) + 2:
                     # More pages than the sessions they brought can fill: the list keeps shifting
                     # back onto itself.
-                    self.problem = f"{self.pages} pages for {brought} sessions: the list does not end"
+                    self.problem = f"{self.pages} pages for {self.brought} sessions: the list does not end"
                 if len(items) > self.page_size:
                     # A server that ignores limit/offset would otherwise be paged forever.
                     self.problem = f"the server returned {len(items)} items for limit {self.page_size}"

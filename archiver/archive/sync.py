@@ -36,7 +36,7 @@ from archiver.archive.rows import SessionRow
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError, BadRecordError, DatabaseError, DeadlineReached, NoAnswer, RetriableError, first_line
 from archiver.service.locks import worker_id
-from archiver.vocabulary import CYCLE_COUNTERS, FINAL_STATE_DUES, STORED_COUNTERS, Due, Outcome, Source
+from archiver.vocabulary import CYCLE_COUNTERS, FINAL_STATE_DUES, STORED_COUNTERS, Due, Kind, Outcome, Source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,7 +105,7 @@ MASS_VANISH_SHARE = 0.5
 # Detail requests in a row that got no answer (their retries spent) before a cycle stops asking.
 UNANSWERED_IN_A_ROW = 3
 # The ledger counter each kind of detail outcome adds to.
-DETAIL_COUNTS = {"gone": "details_gone", "missing": "details_gone", "waived": "details_waived"}
+DETAIL_COUNTS = {Kind.GONE: "details_gone", Kind.MISSING: "details_gone", Kind.WAIVED: "details_waived"}
 
 
 @dataclass
@@ -125,20 +125,9 @@ class CycleProgress:
     to fetch and how many of them are answered (for `archiver sync`'s progress line)."""
 
     pages: int = 0
-    listed: int = 0
+    listed: int = 0  # sessions, as the listing counts them (its pages overlap: objects are not sessions)
     details: int = 0
     answered: int = 0
-    # The ids listed so far, while the listing goes on (consecutive pages overlap: objects are not
-    # sessions). The strings are the decoded objects' own: references, not copies.
-    ids: set[str] = field(default_factory=set)
-
-    def page(self, number: int, items: Sequence[Any]) -> None:
-        self.pages = number
-        self.ids.update(sid for item in items if isinstance(item, dict) and isinstance(sid := item.get("sessionId"), str))
-        self.listed = len(self.ids)
-
-    def listing_over(self) -> None:
-        self.ids = set()  # the count stays; the listing's strings are let go
 
 
 @dataclass
@@ -361,7 +350,6 @@ class _Cycle:
                 try:
                     due = await self._list(listing)
                 finally:
-                    self.progress.listing_over()
                     if self.on_listed is not None:
                         self.on_listed(self.ledger.pages, self.ledger.listing_complete)
                 if self.ledger.pages and not self.listing_failed:
@@ -432,8 +420,8 @@ class _Cycle:
             # Closed however the loop ends, so that a page requested ahead is not left in flight.
             async with aclosing(aiter(listing)) as pages:
                 async for items in pages:
-                    self.ledger.pages = listing.pages
-                    self.progress.page(listing.pages, items)
+                    self.ledger.pages = self.progress.pages = listing.pages
+                    self.progress.listed = listing.brought
                     if not pending:
                         seen_at = self.clock()
                     pending.extend(items)
@@ -727,7 +715,7 @@ class _Cycle:
                 else:
                     step = self._detail_step(known["detail_due"], now, body, at, context, plan, switches)
                 self.ledger.counts[DETAIL_COUNTS.get(step.kind, "details_fetched")] += 1
-                if step.kind == "gone":
+                if step.kind == Kind.GONE:
                     self.ledger.counts["gone"] += 1  # a session whose end the archive will never learn
                 still_owed += int((step.row or now)["detail_due"] is not None)
                 plan.add(step, now)

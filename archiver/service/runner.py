@@ -332,8 +332,9 @@ class Runner:
         return await asyncio.get_running_loop().run_in_executor(state.db, functools.partial(work, *args))
 
     async def _on_shared_db(self, work: Callable[..., T], *args: Any) -> T:
-        """Database work of no one account (leases, gauges), on threads of the runner's own: not
-        the event loop's default executor, which the loop waits for when it closes, hung or not."""
+        """Database work of no one account (leases, the ledger's recent requests), on threads of
+        the runner's own: not the event loop's default executor, which the loop waits for when it
+        closes, hung or not."""
         return await asyncio.get_running_loop().run_in_executor(self.shared_db, functools.partial(work, *args))
 
     async def _heartbeat(self) -> None:
